@@ -1,0 +1,1 @@
+"""The `kamado` command: one module per subcommand, each with main(argv) -> exit code."""

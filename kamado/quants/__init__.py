@@ -1,0 +1,87 @@
+"""GGML block formats: quantize and dequantize every tensor type, bit-exact with ggml.
+
+The public functions have the shape of `gguf.quants` so the two can be compared:
+rows lie along the last axis; `quantize` returns uint8 bytes shaped (..., bytes_per_row) and
+`dequantize` takes them back to float32 (..., row_length). `dequantize_torch` is the torch twin
+(CPU or CUDA tensors). Each family module registers row-level functions in its tables:
+  DEQUANTIZE[qtype](raw: uint8 (n_rows, row_bytes)) -> float32 (n_rows, n_per_row)
+  QUANTIZE[qtype](x: float32 (n_rows, n_per_row), imatrix: float32 (n_per_row,) | None) -> uint8 (n_rows, row_bytes)
+  DEQUANTIZE_TORCH[qtype](raw: torch.uint8 (n_rows, row_bytes)) -> torch.float32 (n_rows, n_per_row)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kamado.gguf.constants import GGML_BLOCK_SIZES, GGMLQuantizationType
+from kamado.quants import floats, iq4, iquants, kquants, legacy, mxfp4, ternary
+from kamado.quants.imatrix import read_imatrix
+
+_FAMILIES = (floats, legacy, kquants, iq4, iquants, ternary, mxfp4)
+DEQUANTIZE = {q: f for m in _FAMILIES for q, f in m.DEQUANTIZE.items()}
+QUANTIZE = {q: f for m in _FAMILIES for q, f in m.QUANTIZE.items()}
+DEQUANTIZE_TORCH = {q: f for m in _FAMILIES for q, f in m.DEQUANTIZE_TORCH.items()}
+
+
+class QuantError(ValueError):
+    """A quantize/dequantize request that cannot be served (unknown type, wrong row length)."""
+
+
+def _qtype(qtype) -> GGMLQuantizationType:
+    try:
+        return GGMLQuantizationType(qtype) if not isinstance(qtype, str) else GGMLQuantizationType[qtype.upper()]
+    except (KeyError, ValueError):
+        raise QuantError(f"unknown tensor type {qtype!r}") from None
+
+
+def row_bytes(qtype, n_per_row: int) -> int:
+    """Bytes one row of n_per_row values takes in qtype (raises QuantError if not a whole number of blocks)."""
+    qtype = _qtype(qtype)
+    block, type_size = GGML_BLOCK_SIZES[qtype]
+    if n_per_row % block:
+        raise QuantError(f"row length {n_per_row} is not a multiple of {qtype.name}'s block size {block}")
+    return n_per_row // block * type_size
+
+
+def quantize(data: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.ndarray:
+    qtype = _qtype(qtype)
+    if qtype not in QUANTIZE:
+        raise QuantError(f"quantizing to {qtype.name} is not supported; supported: {', '.join(q.name for q in QUANTIZE)}")
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    n = data.shape[-1]
+    nb = row_bytes(qtype, n)
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if imatrix.shape != (n,):
+            raise QuantError(f"imatrix has shape {imatrix.shape}, expected ({n},) to match the row length")
+    out = QUANTIZE[qtype](data.reshape(-1, n), imatrix)
+    return out.reshape(*data.shape[:-1], nb)
+
+
+def dequantize(data: np.ndarray, qtype) -> np.ndarray:
+    qtype = _qtype(qtype)
+    if qtype not in DEQUANTIZE:
+        raise QuantError(f"dequantizing {qtype.name} is not supported")
+    raw = np.ascontiguousarray(data).view(np.uint8)
+    block, type_size = GGML_BLOCK_SIZES[qtype]
+    if raw.shape[-1] % type_size:
+        raise QuantError(f"{qtype.name}: row of {raw.shape[-1]} bytes is not a whole number of {type_size}-byte blocks")
+    n = raw.shape[-1] // type_size * block
+    out = DEQUANTIZE[qtype](raw.reshape(-1, raw.shape[-1]))
+    return out.reshape(*raw.shape[:-1], n)
+
+
+def dequantize_torch(data, qtype):
+    """Torch twin of `dequantize`: uint8 tensor (..., row_bytes) on any device -> float32 (..., n)."""
+    qtype = _qtype(qtype)
+    if qtype not in DEQUANTIZE_TORCH:
+        raise QuantError(f"dequantizing {qtype.name} with torch is not supported")
+    block, type_size = GGML_BLOCK_SIZES[qtype]
+    if data.shape[-1] % type_size:
+        raise QuantError(f"{qtype.name}: row of {data.shape[-1]} bytes is not a whole number of {type_size}-byte blocks")
+    n = data.shape[-1] // type_size * block
+    out = DEQUANTIZE_TORCH[qtype](data.reshape(-1, data.shape[-1]))
+    return out.reshape(*data.shape[:-1], n)
+
+
+__all__ = ["QuantError", "dequantize", "dequantize_torch", "quantize", "read_imatrix", "row_bytes"]

