@@ -1,7 +1,8 @@
 """The GGUF file format: validated mmap reader, atomic writer, split shards."""
 
 from kamado.gguf.constants import GGML_BLOCK_SIZES, GGMLQuantizationType, GGUFValueType
-from kamado.gguf.reader import Field, GGUFError, GGUFReader, TensorInfo, split_paths
+from kamado.gguf.reader import Field, GGUFError, GGUFReader, NestedArray, TensorInfo, shard_path, split_paths
+from kamado.gguf.writer import GGUFWriter
 
 __all__ = [
     "GGML_BLOCK_SIZES",
@@ -10,6 +11,9 @@ __all__ = [
     "GGUFError",
     "GGUFReader",
     "GGUFValueType",
+    "GGUFWriter",
+    "NestedArray",
     "TensorInfo",
+    "shard_path",
     "split_paths",
 ]

@@ -5,7 +5,10 @@ A `GGUFReader` exposes:
 - `metadata`: dict name -> value (the same values, without the types);
 - `tensors`: dict name -> `TensorInfo` with `raw`, a zero-copy uint8 view of the tensor bytes shaped
   (*shape[:-1], bytes_per_row), where `shape` is in numpy order (the last axis is ggml's ne[0]).
-Split files (NAME-00001-of-0000N.gguf) open as one model: metadata from the first shard, tensors from all.
+Arrays of numbers are numpy arrays (zero-copy), arrays of strings are lists; an array inside an array is a
+numpy array or a `NestedArray` (a list that keeps its element type), so a writer can copy it exactly.
+Split files (NAME-00001-of-0000N.gguf) open as one model, given any shard: metadata from the first shard,
+tensors from all; split.count / split.no / split.tensors.count, when present, must agree with the files found.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import numpy as np
 
 from kamado.gguf.constants import (
     GGML_BLOCK_SIZES,
-    GGMLQuantizationType,
-    GGUFValueType,
     GGUF_DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
     SPLIT_COUNT_KEY,
+    SPLIT_INDEX_KEY,
+    SPLIT_TENSORS_KEY,
+    GGMLQuantizationType,
+    GGUFValueType,
 )
 
 
@@ -79,6 +84,22 @@ class TensorInfo:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+_U64 = struct.Struct("<Q")
+
+
+def _item(what: str, i: int, indexed: bool) -> str:
+    return f"{what}[{i}]" if indexed else what
+
+
+class NestedArray(list):
+    """An array inside an array whose elements are strings or arrays; `item_type` keeps their exact type.
+    (Inner arrays of numbers are numpy arrays, whose dtype tells their type.)"""
+
+    def __init__(self, values, item_type: GGUFValueType):
+        super().__init__(values)
+        self.item_type = item_type
+
+
 class _Cursor:
     """Sequential little-endian decoding of a buffer with bounds checks that name the file and offset."""
 
@@ -105,16 +126,30 @@ class _Cursor:
         return struct.unpack_from("<Q", self.buf, self.take(8, what))[0]
 
     def string(self, what: str) -> str:
-        n = self.u64(f"length of {what}")
-        if n > MAX_STRING_BYTES:
-            raise self.error(f"{what}: absurd string length {n}", self.pos - 8)
-        start = self.take(n, what)
-        data = bytes(self.buf[start : start + n])
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            # Vocabularies may hold pieces that are not valid UTF-8; keep their bytes recoverable.
-            return data.decode("utf-8", errors="surrogateescape")
+        return self.strings(1, what, indexed=False)[0]
+
+    def strings(self, count: int, what: str, indexed: bool = True) -> list[str]:
+        """`count` length-prefixed strings; one tight loop because vocabularies hold hundreds of thousands."""
+        buf, size, pos, unpack = self.buf, self.size, self.pos, _U64.unpack_from
+        out = []
+        for i in range(count):
+            if pos + 8 > size:
+                raise self.error(f"truncated file: length of {_item(what, i, indexed)} needs 8 bytes, {size - pos} left", pos)
+            (n,) = unpack(buf, pos)
+            if n > MAX_STRING_BYTES:
+                raise self.error(f"{_item(what, i, indexed)}: absurd string length {n}", pos)
+            pos += 8
+            if n > size - pos:
+                raise self.error(f"truncated file: {_item(what, i, indexed)} needs {n} bytes, {size - pos} left", pos)
+            data = buf[pos : pos + n]
+            pos += n
+            try:
+                out.append(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                # Vocabularies may hold pieces that are not valid UTF-8; keep their bytes recoverable.
+                out.append(data.decode("utf-8", errors="surrogateescape"))
+        self.pos = pos
+        return out
 
     def value(self, vtype: int, what: str, depth: int = 0) -> tuple[Any, GGUFValueType | None]:
         try:
@@ -148,8 +183,9 @@ class _Cursor:
         if count > (self.size - self.pos) // 8:
             raise self.error(f"{what}: array of {count} elements runs past the end of the file")
         if item == GGUFValueType.STRING:
-            return [self.string(f"{what}[{i}]") for i in range(count)], item
-        return [self.value(item, f"{what}[{i}]", depth + 1)[0] for i in range(count)], item
+            return self.strings(count, what), item
+        inner = [self.value(item, f"{what}[{i}]", depth + 1) for i in range(count)]
+        return [v if isinstance(v, np.ndarray) else NestedArray(v, t) for v, t in inner], item
 
 
 def _tensor_nbytes(qtype: GGMLQuantizationType, ne: list[int], name: str, path: Path) -> int:
@@ -245,12 +281,19 @@ class _Shard:
             self.tensors[name] = TensorInfo(name, qtype, shape, start, nbytes, raw, path)
             spans.append((start, start + nbytes, name))
         spans.sort()
-        for (s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+        for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:], strict=False):
             if s1 < e0:
                 raise GGUFError(f"{path}: tensors {n0!r} and {n1!r} overlap at offset {s1}")
 
 
 _SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<idx>\d{5})-of-(?P<n>\d{5})\.gguf$")
+
+
+def shard_path(path: str | os.PathLike, index: int, count: int) -> Path:
+    """The file name of shard `index` (0-based) of `count`, as llama.cpp names them: NAME-00001-of-00003.gguf."""
+    p = Path(path)
+    stem = p.name[: -len(".gguf")] if p.name.endswith(".gguf") else p.name
+    return p.with_name(f"{stem}-{index + 1:05d}-of-{count:05d}.gguf")
 
 
 def split_paths(path: str | os.PathLike) -> list[Path]:
@@ -259,32 +302,65 @@ def split_paths(path: str | os.PathLike) -> list[Path]:
     m = _SPLIT_RE.match(p.name)
     if not m:
         return [p]
-    n = int(m["n"])
+    idx, n = int(m["idx"]), int(m["n"])
+    if not 1 <= idx <= n:
+        raise GGUFError(f"{p}: shard number {idx} of {n} in the file name is impossible")
     return [p.with_name(f"{m['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+
+
+def _split_key(shard: _Shard, key: str) -> int | None:
+    """An integer split.* key of a shard (None if absent); any other type is an error."""
+    f = shard.fields.get(key)
+    if f is None:
+        return None
+    if f.type not in _SCALARS or f.type in (GGUFValueType.BOOL, GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+        raise GGUFError(f"{shard.path}: metadata {key!r} must be an integer, got {f.type.name} (at offset {f.offset})")
+    return f.value
 
 
 class GGUFReader:
     def __init__(self, path: str | os.PathLike):
         paths = split_paths(path)
-        for p in paths:
-            if not p.exists():
-                raise GGUFError(f"{p}: file not found" + (f" (shard of {path})" if len(paths) > 1 else ""))
+        for i, p in enumerate(paths):
+            if not p.is_file():
+                what = "file not found" if not p.exists() else "not a regular file"
+                raise GGUFError(f"{p}: {what}" + (f" (shard {i + 1} of {len(paths)} of the split model {path})" if len(paths) > 1 else ""))
         self.path = Path(path)
         self.shards = [_Shard(p) for p in paths]
         first = self.shards[0]
         self.version = first.version
         self.alignment = first.alignment
         self.fields: dict[str, Field] = dict(first.fields)
-        if len(self.shards) > 1:
-            declared = first.fields.get(SPLIT_COUNT_KEY)
-            if declared is not None and declared.value != len(self.shards):
-                raise GGUFError(f"{first.path}: {SPLIT_COUNT_KEY} is {declared.value} but {len(self.shards)} shard files are named")
+        self._check_split()
         self.tensors: dict[str, TensorInfo] = {}
         for shard in self.shards:
             for name, t in shard.tensors.items():
                 if name in self.tensors:
                     raise GGUFError(f"{shard.path}: tensor {name!r} also appears in {self.tensors[name].path}")
                 self.tensors[name] = t
+        declared_tensors = _split_key(first, SPLIT_TENSORS_KEY)
+        if declared_tensors is not None and len(self.shards) > 1 and declared_tensors != len(self.tensors):
+            raise GGUFError(
+                f"{first.path}: {SPLIT_TENSORS_KEY} is {declared_tensors}"
+                f" but the {len(self.shards)} shards hold {len(self.tensors)} tensors"
+            )
+
+    def _check_split(self) -> None:
+        """The split.* keys must agree with the shard files found, so that no tensors go silently missing."""
+        first = self.shards[0]
+        declared = _split_key(first, SPLIT_COUNT_KEY)
+        if len(self.shards) == 1 and declared is not None and declared > 1:
+            raise GGUFError(
+                f"{first.path}: {SPLIT_COUNT_KEY} says the model has {declared} shards, but the file is not named"
+                f" NAME-00001-of-{declared:05d}.gguf, so the other shards cannot be found"
+            )
+        if len(self.shards) > 1 and declared is not None and declared != len(self.shards):
+            raise GGUFError(f"{first.path}: {SPLIT_COUNT_KEY} is {declared} but {len(self.shards)} shard files are named")
+        if len(self.shards) > 1:
+            for i, shard in enumerate(self.shards):
+                no = _split_key(shard, SPLIT_INDEX_KEY)
+                if no is not None and no != i:
+                    raise GGUFError(f"{shard.path}: {SPLIT_INDEX_KEY} is {no} but the file name makes it shard {i} (0-based)")
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -11,6 +11,10 @@ rows lie along the last axis; `quantize` returns uint8 bytes shaped (..., bytes_
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
 import numpy as np
 
 from kamado.gguf.constants import GGML_BLOCK_SIZES, GGMLQuantizationType
@@ -43,6 +47,37 @@ def row_bytes(qtype, n_per_row: int) -> int:
     return n_per_row // block * type_size
 
 
+# Rows are independent in every ggml format, so large tensors are cut into chunks of about this many values
+# and run on all cores (numpy releases the GIL inside its loops); a chunk's arrays stay cache-sized.
+_CHUNK_VALUES = 1 << 18
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return ThreadPoolExecutor(max_workers=cores, thread_name_prefix="kamado-quants")
+
+
+def _map_row_chunks(row_fn, rows: np.ndarray, out: np.ndarray, values_per_row: int) -> np.ndarray:
+    """out[a:b] = row_fn(rows[a:b]) over chunks of rows, in parallel when there is more than one chunk."""
+    step = max(1, _CHUNK_VALUES // max(1, values_per_row))
+    spans = [(a, min(a + step, len(rows))) for a in range(0, len(rows), step)]
+
+    def run(span):
+        a, b = span
+        # Files may hold inf/NaN scales and they decode to inf/NaN as in ggml: no warnings. (errstate is
+        # per thread, so it is set here, inside the worker.)
+        with np.errstate(all="ignore"):
+            out[a:b] = row_fn(rows[a:b])
+
+    if len(spans) <= 1:
+        for span in spans:
+            run(span)
+    else:
+        list(_pool().map(run, spans))
+    return out
+
+
 def quantize(data: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.ndarray:
     qtype = _qtype(qtype)
     if qtype not in QUANTIZE:
@@ -54,7 +89,9 @@ def quantize(data: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.n
         imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
         if imatrix.shape != (n,):
             raise QuantError(f"imatrix has shape {imatrix.shape}, expected ({n},) to match the row length")
-    out = QUANTIZE[qtype](data.reshape(-1, n), imatrix)
+    rows = data.reshape(-1, n)
+    out = np.empty((rows.shape[0], nb), dtype=np.uint8)
+    _map_row_chunks(lambda chunk: QUANTIZE[qtype](chunk, imatrix), rows, out, n)
     return out.reshape(*data.shape[:-1], nb)
 
 
@@ -67,7 +104,9 @@ def dequantize(data: np.ndarray, qtype) -> np.ndarray:
     if raw.shape[-1] % type_size:
         raise QuantError(f"{qtype.name}: row of {raw.shape[-1]} bytes is not a whole number of {type_size}-byte blocks")
     n = raw.shape[-1] // type_size * block
-    out = DEQUANTIZE[qtype](raw.reshape(-1, raw.shape[-1]))
+    rows = raw.reshape(-1, raw.shape[-1])
+    out = np.empty((rows.shape[0], n), dtype=np.float32)
+    _map_row_chunks(DEQUANTIZE[qtype], rows, out, n)
     return out.reshape(*raw.shape[:-1], n)
 
 

@@ -1,5 +1,663 @@
-"""(being written) Row-level quantize/dequantize tables for this family; see kamado/quants/__init__.py."""
+"""k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; Q8_K dequantize): numpy and torch, bit-exact with ggml.
 
-DEQUANTIZE: dict = {}
-QUANTIZE: dict = {}
-DEQUANTIZE_TORCH: dict = {}
+Quantizers follow ggml-quants.c operation by operation: the reference is compiled without FMA contraction
+or fast-math, so float32 numpy arithmetic in the same order gives the same bits. Without importance
+weights ggml uses `quantize_row_qX_K_ref`; with them `quantize_row_qX_K_impl` (a different search).
+
+Vectorisation: a group of n values (a 16- or 32-value sub-block) is laid out as a column of an (n, S)
+array, so element i of every group is one contiguous row. ggml's sequential float sums then become
+`seq_sum` (numpy reduces along axis 0 element by element, in order), and its per-group searches over
+candidate scales become masked updates of whole rows. Per-group early exits are replaced by running
+every group through every step: a group that stopped changing stays at its fixed point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kamado.gguf.constants import GGMLQuantizationType as T
+
+F32 = np.float32
+QK_K = 256
+GROUP_MAX_EPS = F32(1e-15)
+CHUNK_SUPERBLOCKS = 1024  # superblocks per numpy pass: keeps the working set in cache
+
+
+def nearest_int(v: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int: add 1.5*2^23 in float32 and read the mantissa (round half to even, same bits for inf/NaN)."""
+    return ((v.astype(F32, copy=False) + F32(12582912.0)).view(np.int32) & 0x7FFFFF) - 0x400000
+
+
+def seq_sum(a: np.ndarray) -> np.ndarray:
+    """float32 sum over axis 0 in index order starting from 0.0f, as a C loop `s += a[i]` does (not pairwise)."""
+    return np.add.reduce(a, axis=0, initial=F32(0), dtype=F32)
+
+
+def to_f16_bytes(v: np.ndarray) -> np.ndarray:
+    """(S,) float32 -> (S, 2) uint8 little-endian IEEE half (round to nearest even, like GGML_FP32_TO_FP16)."""
+    return np.ascontiguousarray(v.astype(np.float16)).view(np.uint8).reshape(-1, 2)
+
+
+def f16_round(v: np.ndarray) -> np.ndarray:
+    """GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(v))."""
+    return v.astype(np.float16).astype(F32)
+
+
+def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(amax, signed value) of the first largest |x| along axis 0 (ggml's strict `if (ax > amax)` scan)."""
+    idx = np.argmax(np.abs(x), axis=0)
+    value = np.take_along_axis(x, idx[None], axis=0)[0]
+    value = np.where(value != 0, value, F32(0))  # the scan starts from +0.0 and never picks a zero
+    return np.abs(value), value
+
+
+def positive_max(x: np.ndarray, axis: int) -> np.ndarray:
+    """ggml's `m = 0; if (v > m) m = v` scan: the largest value, or +0.0 when none is positive."""
+    m = x.max(axis=axis)
+    return np.where(m > 0, m, F32(0))
+
+
+def _columns(x: np.ndarray, n: int) -> np.ndarray:
+    """(..., k*n) -> (n, S): every group of n consecutive values becomes one column."""
+    return np.ascontiguousarray(x.reshape(-1, n).T)
+
+
+def _rows(xt: np.ndarray, nb: int) -> np.ndarray:
+    """Inverse of _columns: (n, S) -> (nb, S*n/nb)."""
+    return xt.T.reshape(nb, -1)
+
+
+# ---------------------------------------------------------------- ggml's scale searches, vectorised
+
+
+def rounded_levels(v: np.ndarray, lo: int, hi: int, bound: np.ndarray) -> np.ndarray:
+    """clamp(nearest_int(v), lo, hi) as float32.
+
+    `bound` (per column) bounds |v|; where it is below 2^22 for every column (the usual case) nearest_int equals
+    np.rint and the work stays in float32; otherwise the exact bit-level emulation runs."""
+    if np.all(bound < F32(4194303)):
+        out = np.rint(v)
+        np.maximum(out, F32(lo), out=out)
+        return np.minimum(out, F32(hi), out=out)
+    return np.clip(nearest_int(v), lo, hi).astype(F32)
+
+
+def make_qx_quants(x: np.ndarray, nmax: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, w) over columns: returns (scale (S,), L (n, S) in [0, 2*nmax))."""
+    amax, vmax = first_absmax(x)
+    wx = w * x
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+
+        def levels(iscale):
+            return rounded_levels(iscale * x, -nmax, nmax - 1, np.abs(iscale) * amax)
+
+        def try_scale(iscale):
+            lf = levels(iscale)
+            wl = w * lf
+            return seq_sum(wx * lf), seq_sum(np.multiply(wl, lf, out=wl))
+
+        best_iscale = F32(-nmax) / vmax
+        sumlx, suml2 = try_scale(best_iscale)
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -(F32(nmax) + F32(0.1) * F32(step)) / vmax
+            sumlx, suml2 = try_scale(iscale)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            best_iscale = np.where(better, iscale, best_iscale)
+            scale = np.where(better, sumlx / suml2, scale)
+            best = np.where(better, scale * sumlx, best)
+        L = levels(best_iscale).astype(np.int32) + nmax  # the levels of the winning candidate, recomputed once
+    zero = amax < GROUP_MAX_EPS
+    return np.where(zero, F32(0), scale), np.where(zero, 0, L)
+
+
+def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """make_q3_quants(n, nmax, x, L, do_rmse=true) over columns: (scale (S,), L (n, S) in [0, 2*nmax))."""
+    amax, vmax = first_absmax(x)
+    w = x * x
+    wx = w * x
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        L = np.clip(nearest_int((F32(-nmax) / vmax) * x), -nmax, nmax - 1)
+        lf = L.astype(F32)
+        sumlx = seq_sum(wx * lf)
+        suml2 = seq_sum(w * lf * lf)
+        for _ in range(5):
+            any_changed = False
+            for i in range(x.shape[0]):
+                li = L[i].astype(F32)
+                slx = sumlx - wx[i] * li
+                sl2 = suml2 - w[i] * li * li
+                new_l = np.clip(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1)
+                nf = new_l.astype(F32)
+                accept = (slx > 0) & (new_l != L[i])
+                slx = slx + wx[i] * nf
+                sl2 = sl2 + w[i] * nf * nf
+                accept &= (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+                if accept.any():
+                    any_changed = True
+                    L[i] = np.where(accept, new_l, L[i])
+                    sumlx = np.where(accept, slx, sumlx)
+                    suml2 = np.where(accept, sl2, suml2)
+            if not any_changed:
+                break
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    zero = amax < GROUP_MAX_EPS
+    return np.where(zero, F32(0), scale), np.where(zero, 0, L + nmax)
+
+
+def make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, clamp_v):
+    """make_qkx2_quants (clamp_v=False) / make_qkx3_quants (clamp_v=True) over columns.
+
+    Returns (scale (S,), L (n, S) in [0, nmax], the_min (S,) = -min)."""
+    xmin = x.min(axis=0)
+    mx = x.max(axis=0)
+    sum_w = seq_sum(w)
+    sum_x = seq_sum(w * x)
+    mn = np.where(xmin > 0, F32(0), xmin)
+    flat = mx <= mn
+    mx = np.where(flat, mn + F32(1), mx)  # flat columns return early in ggml; keep their arithmetic finite here
+    v = np.empty_like(x)
+    tmp = np.empty_like(x)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+
+        def levels(iscale, mn, qkx3_rule):
+            np.subtract(x, mn, out=v)
+            np.multiply(v, iscale, out=v)
+            if qkx3_rule:  # l = v > 0 ? nearest_int(MIN(v, nmax)) : 0, exact for every v including inf/NaN
+                np.fmax(v, F32(0), out=v)
+                np.minimum(v, F32(nmax), out=v)
+                return np.rint(v, out=v)
+            return rounded_levels(v, 0, nmax, np.abs(iscale) * np.maximum(mx - mn, mn - xmin))
+
+        def error(scale, lf, mn):
+            np.multiply(lf, scale, out=tmp)
+            np.add(tmp, mn, out=tmp)
+            np.subtract(tmp, x, out=tmp)
+            np.abs(tmp, out=tmp) if use_mad else np.square(tmp, out=tmp)
+            return seq_sum(np.multiply(w, tmp, out=tmp))
+
+        L_iscale = F32(nmax) / (mx - mn)
+        L_mn = mn
+        L_searched = np.zeros(mn.shape, bool)  # whether a candidate (rather than the first guess) set L
+        scale = F32(1) / L_iscale
+        best_error = error(scale, levels(L_iscale, mn, False), mn)
+        for step in range(nstep + 1):
+            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
+            lf = levels(iscale, mn, clamp_v)
+            wl = w * lf
+            sum_l = seq_sum(wl)
+            sum_xl = seq_sum(np.multiply(wl, x, out=tmp))
+            sum_l2 = seq_sum(np.multiply(wl, lf, out=wl))
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            positive = this_min > 0
+            this_min = np.where(positive, F32(0), this_min)
+            this_scale = np.where(positive, sum_xl / sum_l2, this_scale)
+            cur_error = error(this_scale, lf, this_min)
+            better = (D > 0) & (cur_error < best_error)
+            L_iscale = np.where(better, iscale, L_iscale)
+            L_mn = np.where(better, mn, L_mn)
+            L_searched |= better
+            best_error = np.where(better, cur_error, best_error)
+            scale = np.where(better, this_scale, scale)
+            mn = np.where(better, this_min, mn)
+        # recompute the winning candidate's levels once instead of keeping a copy per candidate
+        L = levels(L_iscale, L_mn, False).astype(np.int32)
+        if clamp_v:
+            L = np.where(L_searched, levels(L_iscale, L_mn, True).astype(np.int32), L)
+    first_min = np.where(xmin > 0, F32(0), xmin)
+    return np.where(flat, F32(0), scale), np.where(flat, 0, L), -np.where(flat, first_min, mn)
+
+
+def make_qp_quants(x: np.ndarray, nmax: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """make_qp_quants(n, nmax, x, L, w) over columns (x >= 0): (scale (S,), L (n, S) as uint8 values)."""
+    mx = positive_max(x, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = F32(nmax) / mx
+        L = nearest_int(iscale * x) & 0xFF  # stored in uint8_t
+        diff = x - (F32(1) / iscale) * L.astype(F32)
+        best_mse = seq_sum(w * diff * diff)
+        for step in range(-4, 5):
+            if step == 0:
+                continue
+            iscale_is = (F32(0.1) * F32(step) + F32(nmax)) / mx
+            l = np.minimum(nmax, nearest_int(iscale_is * x))
+            diff = x - (F32(1) / iscale_is) * l.astype(F32)
+            mse = seq_sum(w * diff * diff)
+            better = mse < best_mse
+            best_mse = np.where(better, mse, best_mse)
+            iscale = np.where(better, iscale_is, iscale)
+        l = np.minimum(nmax, nearest_int(iscale * x))
+        L = l & 0xFF
+        lf = l.astype(F32)
+        wx = w * x
+        sumlx = seq_sum(wx * lf)
+        suml2 = seq_sum(w * lf * lf)
+        for _ in range(5):
+            any_changed = False
+            for i in range(x.shape[0]):
+                li = L[i].astype(F32)
+                slx = sumlx - wx[i] * li
+                sl2 = suml2 - w[i] * li * li
+                new_l = np.minimum(nmax, nearest_int(x[i] * sl2 / slx))
+                nf = new_l.astype(F32)
+                accept = (slx > 0) & (sl2 > 0) & (new_l != L[i])
+                slx = slx + wx[i] * nf
+                sl2 = sl2 + w[i] * nf * nf
+                accept &= slx * slx * suml2 > sumlx * sumlx * sl2
+                if accept.any():
+                    any_changed = True
+                    L[i] = np.where(accept, new_l & 0xFF, L[i])
+                    sumlx = np.where(accept, slx, sumlx)
+                    suml2 = np.where(accept, sl2, suml2)
+            if not any_changed:
+                break
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    zero = mx < GROUP_MAX_EPS
+    return np.where(zero, F32(0), scale), np.where(zero, 0, L)
+
+
+# ---------------------------------------------------------------- block layouts
+
+
+def _f16_field(b: np.ndarray, at: int) -> np.ndarray:
+    return np.ascontiguousarray(b[:, at : at + 2]).view(np.float16)[:, 0].astype(F32)
+
+
+def _pack_2bit(L: np.ndarray) -> np.ndarray:
+    """(nb, 256) values 0..3 -> (nb, 64): byte l of each 128-half holds values l, l+32, l+64, l+96."""
+    q = L.reshape(len(L), 2, 4, 32).astype(np.uint8)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(len(L), 64)
+
+
+def _pack_scale_min_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Eight 6-bit scales and mins (nb, 8) -> the 12-byte Q4_K/Q5_K layout (inverse of get_scale_min_k4)."""
+    ls = ls.astype(np.uint8)
+    lm = lm.astype(np.uint8)
+    return np.concatenate(
+        [ls[:, :4] | ((ls[:, 4:] >> 4) << 6), lm[:, :4] | ((lm[:, 4:] >> 4) << 6), (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)],
+        axis=1,
+    )
+
+
+def _unpack_scale_min_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+    mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    return sc, mn
+
+
+def _pack_q3_scales(codes: np.ndarray) -> np.ndarray:
+    """Sixteen 6-bit scale codes (nb, 16) -> the 12-byte Q3_K layout."""
+    c = codes.astype(np.uint8)
+    low = (c[:, :8] & 0xF) | ((c[:, 8:] & 0xF) << 4)
+    high = c.reshape(len(c), 4, 4) >> 4  # [quarter q, k] = code 4q + k
+    high = high[:, 0] | (high[:, 1] << 2) | (high[:, 2] << 4) | (high[:, 3] << 6)
+    return np.concatenate([low, high], axis=1)
+
+
+def _unpack_q3_scales(s: np.ndarray) -> np.ndarray:
+    low = np.concatenate([s[:, :8] & 0xF, s[:, :8] >> 4], axis=1)
+    high = (s[:, None, 8:12] >> (2 * np.arange(4, dtype=np.uint8))[None, :, None]) & 3  # [q, k]
+    return (low | (high.reshape(len(s), 16) << 4)).astype(np.int8) - np.int8(32)
+
+
+def _int8(v: np.ndarray) -> np.ndarray:
+    """C's conversion of an int to int8_t (wraps)."""
+    return ((v + 128) & 0xFF) - 128
+
+
+def _requantize(xt, L, d, offset, lo, hi, dm=None):
+    """The final pass of every k-quant: l = clamp(nearest_int((x + dm)/d)) where d != 0, else keep L."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        num = xt if dm is None else xt + dm
+        l = np.clip(nearest_int(num / d), lo, hi) + offset
+    return np.where(d != 0, l, L)
+
+
+def _sigma2(xb: np.ndarray, factor: float) -> np.ndarray:
+    """factor*sum(x^2)/QK_K per superblock, summed in order as ggml does."""
+    xs = np.ascontiguousarray(xb.T)
+    return F32(factor) * seq_sum(xs * xs) / F32(QK_K)
+
+
+# ---------------------------------------------------------------- Q2_K
+
+
+def _quantize_q2_k(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = len(xb)
+    xt = _columns(xb, 16)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if qw is None:  # quantize_row_q2_K_ref
+            scales, L, mins = make_qkx_quants(xt, np.abs(xt), 3, -0.5, 0.1, 15, True, False)
+            scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
+            max_scale, max_min = positive_max(scales, 1), positive_max(mins, 1)
+            lo = np.where(max_scale[:, None] > 0, nearest_int((F32(15) / max_scale)[:, None] * scales), 0)
+            hi = np.where(max_min[:, None] > 0, nearest_int((F32(15) / max_min)[:, None] * mins), 0)
+            d, dmin = max_scale / F32(15), max_min / F32(15)
+        else:  # quantize_row_q2_K_impl
+            sigma2 = np.repeat(_sigma2(xb, 1), 16)
+            weight = _columns(qw, 16) * np.sqrt(sigma2 + xt * xt)
+            sw = seq_sum(weight).reshape(nb, 16).T
+            scales, L, mins = make_qkx_quants(xt, weight, 3, -0.9, 0.05, 36, False, True)
+            d, lo = make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 15, sw)
+            dmin, hi = make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 16).T), 15, sw)
+            lo, hi = lo.T, hi.T
+    sc = ((lo | (hi << 4)) & 0xFF).astype(np.uint8)
+    dl = (f16_round(d)[:, None] * (sc & 0xF).astype(F32)).reshape(-1)
+    ml = (f16_round(dmin)[:, None] * (sc >> 4).astype(F32)).reshape(-1)
+    L = _rows(_requantize(xt, L, dl, 0, 0, 3, ml), nb)
+    return np.concatenate([sc, _pack_2bit(L), to_f16_bytes(d), to_f16_bytes(dmin)], axis=1)
+
+
+def _dequantize_q2_k(raw: np.ndarray) -> np.ndarray:
+    b = raw.reshape(-1, 84)
+    nb = len(b)
+    sc, qs = b[:, :16], b[:, 16:80]
+    dl = (_f16_field(b, 80)[:, None] * (sc & 0xF).astype(F32))[:, :, None]
+    ml = (_f16_field(b, 82)[:, None] * (sc >> 4).astype(F32))[:, :, None]
+    q = (qs.reshape(nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[None, None, :, None]) & 3
+    return (dl * q.reshape(nb, 16, 16).astype(F32) - ml).reshape(nb, QK_K)
+
+
+# ---------------------------------------------------------------- Q3_K
+
+
+def _quantize_q3_k(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = len(xb)
+    xt = _columns(xb, 16)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if qw is None:  # quantize_row_q3_K_ref
+            scales, L = make_q3_quants(xt, 4)
+            _, max_scale = first_absmax(scales.reshape(nb, 16).T)
+            iscale = F32(-32) / max_scale
+            codes = np.clip(_int8(nearest_int(iscale[:, None] * scales.reshape(nb, 16))), -32, 31) + 32
+            codes = np.where(max_scale[:, None] != 0, codes, 0)
+            d = np.where(max_scale != 0, F32(1) / iscale, F32(0))
+        else:  # quantize_row_q3_K_impl
+            sigma2 = np.repeat(_sigma2(xb, 2), 16)
+            weight = _columns(qw, 16) * np.sqrt(sigma2 + xt * xt)
+            sw = seq_sum(weight).reshape(nb, 16).T
+            scales, L = make_qx_quants(xt, 4, weight)
+            d, codes = make_qx_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 32, np.ascontiguousarray(sw))
+            codes = codes.T
+    packed_scales = _pack_q3_scales(codes)
+    dl = (f16_round(d)[:, None] * _unpack_q3_scales(packed_scales).astype(F32)).reshape(-1)
+    L = _rows(_requantize(xt, L, dl, 4, -4, 3), nb)
+    high = (L > 3).reshape(nb, 8, 32).astype(np.uint8)
+    hmask = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+    return np.concatenate([hmask, _pack_2bit(L & 3), packed_scales, to_f16_bytes(d)], axis=1)
+
+
+def _dequantize_q3_k(raw: np.ndarray) -> np.ndarray:
+    b = raw.reshape(-1, 110)
+    nb = len(b)
+    hmask, qs = b[:, :32], b[:, 32:96]
+    dl = (_f16_field(b, 108)[:, None] * _unpack_q3_scales(b[:, 96:108]).astype(F32))[:, :, None]
+    shifts = np.array([0, 2, 4, 6], np.uint8)[None, None, :, None]
+    low = (qs.reshape(nb, 2, 1, 32) >> shifts) & 3
+    bits = (hmask[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1  # [bit 4h+j, l]
+    q = low.reshape(nb, 8, 32).astype(np.int8) - ((1 - bits) << 2).astype(np.int8)
+    return (dl * q.reshape(nb, 16, 16).astype(F32)).reshape(nb, QK_K)
+
+
+# ---------------------------------------------------------------- Q4_K and Q5_K
+
+
+def _scales_mins_k(xb: np.ndarray, qw: np.ndarray | None, nmax: int, rmin: float, nstep: int):
+    """The shared first half of Q4_K/Q5_K: (xt, L, d, dmin, ls, lm) before the final requantization."""
+    nb = len(xb)
+    xt = _columns(xb, 32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if qw is None:  # quantize_row_q{4,5}_K_ref
+            av_x = np.sqrt(seq_sum(xt * xt) / F32(32))
+            scales, L, mins = make_qkx_quants(xt, av_x + np.abs(xt), nmax, rmin, 0.1, nstep, False, False)
+            scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
+            max_scale, max_min = positive_max(scales, 1), positive_max(mins, 1)
+            inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0))
+            inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0))
+            ls = np.minimum(63, nearest_int(inv_scale[:, None] * scales) & 0xFF)
+            lm = np.minimum(63, nearest_int(inv_min[:, None] * mins) & 0xFF)
+            d, dmin = max_scale / F32(63), max_min / F32(63)
+        else:  # quantize_row_q{4,5}_K_impl
+            sigma2 = np.repeat(_sigma2(xb, 2), 8)
+            weights = _columns(qw, 32) * np.sqrt(sigma2 + xt * xt)
+            sw = np.ascontiguousarray(seq_sum(weights).reshape(nb, 8).T)
+            scales, L, mins = make_qkx_quants(xt, weights, nmax, -0.9, 0.05, 36, False, True)
+            d, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 8).T), 63, sw)
+            dmin, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 8).T), 63, sw)
+            ls, lm = np.minimum(63, ls.T), np.minimum(63, lm.T)
+    dl = (f16_round(d)[:, None] * ls.astype(F32)).reshape(-1)
+    ml = (f16_round(dmin)[:, None] * lm.astype(F32)).reshape(-1)
+    L = _rows(_requantize(xt, L, dl, 0, 0, nmax, ml), nb)
+    return L, np.concatenate([to_f16_bytes(d), to_f16_bytes(dmin), _pack_scale_min_k4(ls, lm)], axis=1)
+
+
+def _quantize_q4_k(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    L, head = _scales_mins_k(xb, qw, 15, -1.0, 20)
+    q = L.reshape(len(L), 4, 2, 32).astype(np.uint8)
+    return np.concatenate([head, (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(len(L), 128)], axis=1)
+
+
+def _quantize_q5_k(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    L, head = _scales_mins_k(xb, qw, 31, -0.5, 15)
+    q = L.reshape(len(L), 4, 2, 32).astype(np.uint8)
+    ql = ((q[:, :, 0] & 0xF) | ((q[:, :, 1] & 0xF) << 4)).reshape(len(L), 128)
+    high = (q >> 4).reshape(len(L), 8, 32)  # [bit 2c+half, l]
+    qh = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+    return np.concatenate([head, qh, ql], axis=1)
+
+
+def _dequantize_q45_k(b: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """q: (nb, 8, 32) quant values of the eight 32-value sub-blocks."""
+    sc, mn = _unpack_scale_min_k4(b[:, 4:16])
+    d = (_f16_field(b, 0)[:, None] * sc.astype(F32))[:, :, None]
+    m = (_f16_field(b, 2)[:, None] * mn.astype(F32))[:, :, None]
+    return (d * q.astype(F32) - m).reshape(len(b), QK_K)
+
+
+def _nibbles(qs: np.ndarray, width: int) -> np.ndarray:
+    """(nb, k*width) bytes -> (nb, 2k, width): low nibbles of each `width` bytes, then their high nibbles."""
+    q = qs.reshape(len(qs), -1, 1, width) >> np.array([0, 4], np.uint8)[None, None, :, None]
+    return (q & 0xF).reshape(len(qs), -1, width)
+
+
+def _dequantize_q4_k(raw: np.ndarray) -> np.ndarray:
+    b = raw.reshape(-1, 144)
+    return _dequantize_q45_k(b, _nibbles(b[:, 16:], 32))
+
+
+def _dequantize_q5_k(raw: np.ndarray) -> np.ndarray:
+    b = raw.reshape(-1, 176)
+    high = (b[:, None, 16:48] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
+    return _dequantize_q45_k(b, _nibbles(b[:, 48:], 32) | (high << 4))
+
+
+# ---------------------------------------------------------------- Q6_K
+
+
+def _quantize_q6_k(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = len(xb)
+    xt = _columns(xb, 16)
+    # quantize_row_q6_K_ref weighs by x^2; quantize_row_q6_K_impl passes the importance weights unchanged
+    scales, L = make_qx_quants(xt, 32, xt * xt if qw is None else _columns(qw, 16))
+    amax, max_scale = first_absmax(scales.reshape(nb, 16).T)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = F32(-128) / max_scale
+        d = F32(1) / iscale
+        sc = _int8(np.minimum(127, nearest_int(iscale[:, None] * scales.reshape(nb, 16))))
+    dl = (f16_round(d)[:, None] * sc.astype(F32)).reshape(-1)
+    L = _rows(_requantize(xt, L, dl, 32, -32, 31), nb).astype(np.uint8)
+    q = L.reshape(nb, 2, 4, 32)
+    ql = np.concatenate([(q[:, :, 0] & 0xF) | ((q[:, :, 2] & 0xF) << 4), (q[:, :, 1] & 0xF) | ((q[:, :, 3] & 0xF) << 4)], axis=2)
+    qh = (q[:, :, 0] >> 4) | ((q[:, :, 1] >> 4) << 2) | ((q[:, :, 2] >> 4) << 4) | ((q[:, :, 3] >> 4) << 6)
+    out = np.concatenate([ql.reshape(nb, 128), qh.reshape(nb, 64), sc.astype(np.uint8), to_f16_bytes(d)], axis=1)
+    out[amax < GROUP_MAX_EPS] = 0
+    return out
+
+
+def _dequantize_q6_k(raw: np.ndarray) -> np.ndarray:
+    b = raw.reshape(-1, 210)
+    nb = len(b)
+    low = _nibbles(b[:, :128], 32).reshape(nb, 2, 2, 2, 32)  # [half, 32-byte group, nibble, l]
+    low = low.transpose(0, 1, 3, 2, 4).reshape(nb, 2, 4, 32)  # quarter k = 2*nibble + group
+    high = (b[:, 128:192].reshape(nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[None, None, :, None]) & 3
+    q = (low | (high << 4)).astype(np.int8) - np.int8(32)
+    d = (_f16_field(b, 208)[:, None] * b[:, 192:208].view(np.int8).astype(F32))[:, :, None]
+    return (d * q.reshape(nb, 16, 16).astype(F32)).reshape(nb, QK_K)
+
+
+def _dequantize_q8_k(raw: np.ndarray) -> np.ndarray:
+    b = raw.reshape(-1, 292)
+    d = np.ascontiguousarray(b[:, :4]).view(F32)
+    return (d * b[:, 4:260].view(np.int8).astype(F32)).reshape(len(b), QK_K)
+
+
+# ---------------------------------------------------------------- row-level entry points
+
+
+def quantize_superblocks(block_fn, x: np.ndarray, imatrix: np.ndarray | None, block: int = QK_K) -> np.ndarray:
+    """Run block_fn over (n_rows, n_per_row) in cache-sized chunks of `block`-value blocks.
+
+    block_fn(xb (nb, block), qw (nb, block) | None) -> (nb, block_bytes); the imatrix row repeats per row.
+    (kamado.quants.quantize already hands over cache-sized groups of rows on several threads; this only
+    splits rows longer than that.)"""
+    n_rows = x.shape[0]
+    xb = x.reshape(-1, block)
+    qw_row = None if imatrix is None else imatrix.reshape(-1, block)
+    chunk = CHUNK_SUPERBLOCKS * QK_K // block
+    parts = []
+    for a in range(0, len(xb), chunk):
+        b = min(a + chunk, len(xb))
+        qw = None if qw_row is None else qw_row[np.arange(a, b) % len(qw_row)]
+        parts.append(block_fn(np.ascontiguousarray(xb[a:b]), qw))
+    return np.concatenate(parts).reshape(n_rows, -1)
+
+
+def _row_quantizer(block_fn):
+    def quantize_rows(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        return quantize_superblocks(block_fn, x, imatrix)
+
+    return quantize_rows
+
+
+def _row_dequantizer(block_fn, type_size: int):
+    def dequantize_rows(raw: np.ndarray) -> np.ndarray:
+        n_rows = raw.shape[0]
+        return block_fn(raw.reshape(-1, type_size)).reshape(n_rows, -1)
+
+    return dequantize_rows
+
+
+# ---------------------------------------------------------------- torch twins (same float32 operations, any device)
+
+
+def _t_f16(b, at: int):
+    import torch
+
+    return b[:, at : at + 2].contiguous().view(torch.float16)[:, 0].float()
+
+
+def _t_shifts(values, like):
+    import torch
+
+    return torch.tensor(values, dtype=torch.uint8, device=like.device)
+
+
+def _t_unpack_q3_scales(s):
+    import torch
+
+    low = torch.cat([s[:, :8] & 0xF, s[:, :8] >> 4], dim=1)
+    high = (s[:, None, 8:12] >> _t_shifts([0, 2, 4, 6], s)[None, :, None]) & 3
+    return (low | (high.reshape(len(s), 16) << 4)).to(torch.int16) - 32
+
+
+def _t_unpack_scale_min_k4(s):
+    import torch
+
+    sc = torch.cat([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], dim=1)
+    mn = torch.cat([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], dim=1)
+    return sc, mn
+
+
+def _t_nibbles(qs, width: int):
+    q = qs.reshape(len(qs), -1, 1, width) >> _t_shifts([0, 4], qs)[None, None, :, None]
+    return (q & 0xF).reshape(len(qs), -1, width)
+
+
+def _t_dequantize_q2_k(raw):
+    b = raw.reshape(-1, 84)
+    nb = len(b)
+    sc, qs = b[:, :16], b[:, 16:80]
+    dl = (_t_f16(b, 80)[:, None] * (sc & 0xF).float())[:, :, None]
+    ml = (_t_f16(b, 82)[:, None] * (sc >> 4).float())[:, :, None]
+    q = (qs.reshape(nb, 2, 1, 32) >> _t_shifts([0, 2, 4, 6], b)[None, None, :, None]) & 3
+    return (dl * q.reshape(nb, 16, 16).float() - ml).reshape(nb, QK_K)
+
+
+def _t_dequantize_q3_k(raw):
+    import torch
+
+    b = raw.reshape(-1, 110)
+    nb = len(b)
+    hmask, qs = b[:, :32], b[:, 32:96]
+    dl = (_t_f16(b, 108)[:, None] * _t_unpack_q3_scales(b[:, 96:108]).float())[:, :, None]
+    low = (qs.reshape(nb, 2, 1, 32) >> _t_shifts([0, 2, 4, 6], b)[None, None, :, None]) & 3
+    bits = (hmask[:, None, :] >> _t_shifts(list(range(8)), b)[None, :, None]) & 1
+    q = low.reshape(nb, 8, 32).to(torch.int16) - ((1 - bits.to(torch.int16)) << 2)
+    return (dl * q.reshape(nb, 16, 16).float()).reshape(nb, QK_K)
+
+
+def _t_dequantize_q45_k(b, q):
+    sc, mn = _t_unpack_scale_min_k4(b[:, 4:16])
+    d = (_t_f16(b, 0)[:, None] * sc.float())[:, :, None]
+    m = (_t_f16(b, 2)[:, None] * mn.float())[:, :, None]
+    return (d * q.float() - m).reshape(len(b), QK_K)
+
+
+def _t_dequantize_q4_k(raw):
+    b = raw.reshape(-1, 144)
+    return _t_dequantize_q45_k(b, _t_nibbles(b[:, 16:], 32))
+
+
+def _t_dequantize_q5_k(raw):
+    b = raw.reshape(-1, 176)
+    high = (b[:, None, 16:48] >> _t_shifts(list(range(8)), b)[None, :, None]) & 1
+    return _t_dequantize_q45_k(b, _t_nibbles(b[:, 48:], 32) | (high << 4))
+
+
+def _t_dequantize_q6_k(raw):
+    import torch
+
+    b = raw.reshape(-1, 210)
+    nb = len(b)
+    low = _t_nibbles(b[:, :128], 32).reshape(nb, 2, 2, 2, 32).transpose(2, 3).reshape(nb, 2, 4, 32)
+    high = (b[:, 128:192].reshape(nb, 2, 1, 32) >> _t_shifts([0, 2, 4, 6], b)[None, None, :, None]) & 3
+    q = (low | (high << 4)).to(torch.int16) - 32
+    d = (_t_f16(b, 208)[:, None] * b[:, 192:208].contiguous().view(torch.int8).float())[:, :, None]
+    return (d * q.reshape(nb, 16, 16).float()).reshape(nb, QK_K)
+
+
+def _t_dequantize_q8_k(raw):
+    import torch
+
+    b = raw.reshape(-1, 292)
+    d = b[:, :4].contiguous().view(torch.float32)
+    return (d * b[:, 4:260].contiguous().view(torch.int8).float()).reshape(len(b), QK_K)
+
+
+_TYPES = {  # qtype: (block bytes, quantize blocks, dequantize blocks, torch dequantize blocks)
+    T.Q2_K: (84, _quantize_q2_k, _dequantize_q2_k, _t_dequantize_q2_k),
+    T.Q3_K: (110, _quantize_q3_k, _dequantize_q3_k, _t_dequantize_q3_k),
+    T.Q4_K: (144, _quantize_q4_k, _dequantize_q4_k, _t_dequantize_q4_k),
+    T.Q5_K: (176, _quantize_q5_k, _dequantize_q5_k, _t_dequantize_q5_k),
+    T.Q6_K: (210, _quantize_q6_k, _dequantize_q6_k, _t_dequantize_q6_k),
+    T.Q8_K: (292, None, _dequantize_q8_k, _t_dequantize_q8_k),
+}
+
+QUANTIZE = {q: _row_quantizer(f) for q, (_, f, _, _) in _TYPES.items() if f is not None}
+DEQUANTIZE = {q: _row_dequantizer(f, size) for q, (size, _, f, _) in _TYPES.items()}
+DEQUANTIZE_TORCH = {q: _row_dequantizer(f, size) for q, (size, _, _, f) in _TYPES.items()}

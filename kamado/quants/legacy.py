@@ -1,5 +1,341 @@
-"""(being written) Row-level quantize/dequantize tables for this family; see kamado/quants/__init__.py."""
+"""The 32-value block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: byte-identical with ggml's quantizers.
 
-DEQUANTIZE: dict = {}
-QUANTIZE: dict = {}
-DEQUANTIZE_TORCH: dict = {}
+Without importance weights these are ggml's quantize_row_*_ref; with them, quantize_row_*_impl
+(make_qx_quants for Q4_0/Q5_0, make_qkx3_quants for Q4_1/Q5_1; Q8_0 ignores them). ggml computes in
+float32 with no fused multiply-add, so the same float32 operations in the same order give the same
+bits; sums that ggml accumulates in a loop are accumulated here in the same index order.
+All blocks of all rows are processed at once (blocks x 32 arrays), never one block at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kamado.gguf.constants import GGMLQuantizationType as Q
+from kamado.quants.floats import f16_bytes_to_f32 as _f16_to_f32
+from kamado.quants.floats import f16_bytes_to_f32_torch as _t_f16
+from kamado.quants.floats import f32_to_f16_bits
+
+QK = 32
+GROUP_MAX_EPS = np.float32(1e-15)
+F32 = np.float32
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _f16_bytes(d: np.ndarray) -> np.ndarray:
+    return f32_to_f16_bits(d).view(np.uint8).reshape(-1, 2)
+
+
+def _first_absmax(b: np.ndarray, axis: int) -> np.ndarray:
+    """The first value of largest magnitude along axis (ggml keeps the first on ties: `if (amax < fabsf(v))`)."""
+    idx = np.expand_dims(np.abs(b).argmax(axis=axis), axis)
+    return np.take_along_axis(b, idx, axis=axis).squeeze(axis)
+
+
+def _reciprocal_or_zero(d: np.ndarray) -> np.ndarray:
+    """`d ? 1.0f/d : 0.0f`, elementwise."""
+    out = np.zeros_like(d)
+    np.divide(F32(1), d, out=out, where=d != 0)
+    return out
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """Values 0..15 (blocks, 32): byte j holds value j in its low nibble and value j+16 in its high one."""
+    return q[:, :16] | (q[:, 16:] << np.uint8(4))
+
+
+def _pack_high_bits(q: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of the 32 values (blocks, 32) as a little-endian uint32 (the qh field), as 4 bytes."""
+    return np.packbits((q >> np.uint8(4)) & np.uint8(1), axis=1, bitorder="little")
+
+
+def _sum_in_order(terms: np.ndarray) -> np.ndarray:
+    """Float32 sum over axis 0 in index order, like ggml's `float s = 0; for (i...) s += t[i];`."""
+    total = terms[0] + F32(0)
+    for t in terms[1:]:
+        total += t
+    return total
+
+
+def _row_sigma2(x: np.ndarray) -> np.ndarray:
+    """ggml's sigma2 = (sum over the row of x*x, in order) / n_per_row, one per row."""
+    sum_x2 = np.add.accumulate(x * x, axis=1)[:, -1] + F32(0)
+    return sum_x2 / F32(x.shape[1])
+
+
+def _importance(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
+    """Per-value weights of the *_impl quantizers: qw[j] * sqrtf(sigma2 + x[j]*x[j])."""
+    sigma2 = _row_sigma2(x)[:, None]
+    return imatrix[None, :] * np.sqrt(sigma2 + x * x)
+
+
+def _blocks_t(a: np.ndarray) -> np.ndarray:
+    """(rows, n) -> (32, blocks): block-major values transposed so in-block loops run over contiguous rows."""
+    return np.ascontiguousarray(a.reshape(-1, QK).T)
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """C roundf (halves away from zero) on float32, exactly: trunc(v) plus the sign when |fraction| >= 0.5."""
+    t = np.trunc(v)
+    return t + np.trunc((v - t) * F32(2))
+
+
+# ---------------------------------------------------------------- ggml's search routines
+
+
+def _make_qx_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml make_qx_quants(n=32, nmax, x, L, rmse_type=1, qw=w) for every block at once.
+
+    x, w: (32, blocks). Returns (scale per block, L (32, blocks) uint8 in 0..2*nmax-1).
+    """
+    signed_max = _first_absmax(x, axis=0)
+    all_zero = np.abs(signed_max) < GROUP_MAX_EPS
+    safe_max = np.where(all_zero, F32(1), signed_max)
+    wx = w * x
+
+    def attempt(iscale):
+        level = np.clip(np.rint(iscale * x), -nmax, nmax - 1)
+        return level, _sum_in_order(wx * level), _sum_in_order(w * level * level)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level, sumlx, suml2 = attempt(F32(-nmax) / safe_max)
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            trial, sumlx, suml2 = attempt(-(F32(nmax) + F32(0.1) * F32(step)) / safe_max)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            level = np.where(better, trial, level)
+            scale = np.where(better, sumlx / suml2, scale)
+            best = np.where(better, scale * sumlx, best)
+    level = np.where(all_zero, F32(-nmax), level)
+    scale = np.where(all_zero, F32(0), scale)
+    return scale, (level + F32(nmax)).astype(np.uint8)
+
+
+def _make_qkx3_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml make_qkx3_quants(n=32, nmax, x, w, rmin=-0.9, rdelta=0.05, nstep=36, use_mad=false) for every block.
+
+    x, w: (32, blocks). Returns (scale, min, L): ggml's `the_min` is -min; L (32, blocks) uint8 in 0..nmax.
+    """
+    rmin, rdelta, nstep = F32(-0.9), F32(0.05), 36
+    fmax = F32(nmax)
+    lo = x.min(axis=0)
+    hi = x.max(axis=0)
+    sum_w = _sum_in_order(w)
+    sum_x = _sum_in_order(w * x)
+    lo = np.where(lo > 0, F32(0), lo)
+    flat = hi <= lo
+
+    def weighted_error(scale, minimum, level):
+        diff = scale * level + minimum - x
+        return _sum_in_order(w * (diff * diff))
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = fmax / (hi - lo)
+        scale = F32(1) / iscale
+        level = np.clip(np.rint(iscale * (x - lo)), 0, nmax)
+        best_mad = weighted_error(scale, lo, level)
+        for step in range(nstep + 1):
+            iscale = (rmin + rdelta * F32(step) + fmax) / (hi - lo)
+            v = iscale * (x - lo)
+            trial = np.where(v > 0, np.rint(np.where(v < fmax, v, fmax)), F32(0))
+            wl = w * trial
+            sum_l = _sum_in_order(wl)
+            sum_l2 = _sum_in_order(wl * trial)
+            sum_xl = _sum_in_order(wl * x)
+            det = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
+            positive = this_min > 0
+            this_min = np.where(positive, F32(0), this_min)
+            this_scale = np.where(positive, sum_xl / sum_l2, this_scale)
+            mad = weighted_error(this_scale, this_min, trial)
+            better = (det > 0) & (mad < best_mad) & ~flat
+            level = np.where(better, trial, level)
+            best_mad = np.where(better, mad, best_mad)
+            scale = np.where(better, this_scale, scale)
+            lo = np.where(better, this_min, lo)
+    level = np.where(flat, F32(0), level)
+    scale = np.where(flat, F32(0), scale)
+    return scale, lo, level.astype(np.uint8)
+
+
+# ---------------------------------------------------------------- quantizers
+
+
+def _assemble(*fields: np.ndarray) -> np.ndarray:
+    return np.concatenate(fields, axis=1)
+
+
+def _symmetric_ref(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_0/Q5_0 reference: d = max/-nmax, q = min(2*nmax-1, (int8)(x*id + nmax + 0.5))."""
+    b = x.reshape(-1, QK)
+    d = _first_absmax(b, axis=1) / F32(-nmax)
+    q = b * _reciprocal_or_zero(d)[:, None] + F32(nmax + 0.5)
+    return d, np.minimum(q.astype(np.uint8), np.uint8(2 * nmax - 1))
+
+
+def _affine_ref(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1/Q5_1 reference: d = (max-min)/nmax, q = (uint8)((x-min)*id + 0.5).
+
+    Q4_1 then clamps to 15; Q5_1 stores q unclamped and its packing keeps the five low bits, as ggml's does.
+    """
+    b = x.reshape(-1, QK)
+    lo = b.min(axis=1)
+    d = (b.max(axis=1) - lo) / F32(nmax)
+    q = ((b - lo[:, None]) * _reciprocal_or_zero(d)[:, None] + F32(0.5)).astype(np.uint8)
+    return d, lo, np.minimum(q, np.uint8(15)) if nmax == 15 else q
+
+
+def _symmetric_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    d, level = _make_qx_quants(_blocks_t(x), _blocks_t(_importance(x, imatrix)), nmax)
+    return d, np.ascontiguousarray(level.T)
+
+
+def _affine_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d, lo, level = _make_qkx3_quants(_blocks_t(x), _blocks_t(_importance(x, imatrix)), nmax)
+    return d, lo, np.ascontiguousarray(level.T)
+
+
+def _quantize_q4_0(x, imatrix):
+    d, q = _symmetric_ref(x, 8) if imatrix is None else _symmetric_impl(x, imatrix, 8)
+    return _assemble(_f16_bytes(d), _pack_nibbles(q)).reshape(x.shape[0], -1)
+
+
+def _quantize_q5_0(x, imatrix):
+    d, q = _symmetric_ref(x, 16) if imatrix is None else _symmetric_impl(x, imatrix, 16)
+    return _assemble(_f16_bytes(d), _pack_high_bits(q), _pack_nibbles(q & np.uint8(15))).reshape(x.shape[0], -1)
+
+
+def _quantize_q4_1(x, imatrix):
+    d, lo, q = _affine_ref(x, 15) if imatrix is None else _affine_impl(x, imatrix, 15)
+    return _assemble(_f16_bytes(d), _f16_bytes(lo), _pack_nibbles(q)).reshape(x.shape[0], -1)
+
+
+def _quantize_q5_1(x, imatrix):
+    d, lo, q = _affine_ref(x, 31) if imatrix is None else _affine_impl(x, imatrix, 31)
+    return _assemble(_f16_bytes(d), _f16_bytes(lo), _pack_high_bits(q), _pack_nibbles(q & np.uint8(15))).reshape(x.shape[0], -1)
+
+
+def _quantize_q8_0(x, imatrix):
+    # ggml's quantize_q8_0 ignores importance weights.
+    b = x.reshape(-1, QK)
+    d = np.abs(b).max(axis=1) / F32(127)
+    q = _round_half_away(b * _reciprocal_or_zero(d)[:, None]).astype(np.int8)
+    return _assemble(_f16_bytes(d), q.view(np.uint8)).reshape(x.shape[0], -1)
+
+
+# ---------------------------------------------------------------- dequantizers (numpy)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(blocks, 16) bytes -> (blocks, 32) values: low nibbles first, then high nibbles."""
+    return np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=1)
+
+
+def _high_bits(qh: np.ndarray) -> np.ndarray:
+    """(blocks, 4) qh bytes -> (blocks, 32) values of bit 4 (0 or 16)."""
+    return np.unpackbits(qh, axis=1, bitorder="little") << np.uint8(4)
+
+
+def _blocks_of(raw: np.ndarray, type_size: int) -> np.ndarray:
+    return np.ascontiguousarray(raw).reshape(-1, type_size)
+
+
+def _dequantize_q4_0(raw):
+    b = _blocks_of(raw, 18)
+    q = _nibbles(b[:, 2:]).astype(np.int8) - np.int8(8)
+    return (q.astype(np.float32) * _f16_to_f32(b[:, :2])).reshape(raw.shape[0], -1)
+
+
+def _dequantize_q4_1(raw):
+    b = _blocks_of(raw, 20)
+    q = _nibbles(b[:, 4:]).astype(np.float32)
+    return (q * _f16_to_f32(b[:, :2]) + _f16_to_f32(b[:, 2:4])).reshape(raw.shape[0], -1)
+
+
+def _dequantize_q5_0(raw):
+    b = _blocks_of(raw, 22)
+    q = (_nibbles(b[:, 6:]) | _high_bits(b[:, 2:6])).astype(np.int8) - np.int8(16)
+    return (q.astype(np.float32) * _f16_to_f32(b[:, :2])).reshape(raw.shape[0], -1)
+
+
+def _dequantize_q5_1(raw):
+    b = _blocks_of(raw, 24)
+    q = (_nibbles(b[:, 8:]) | _high_bits(b[:, 4:8])).astype(np.float32)
+    return (q * _f16_to_f32(b[:, :2]) + _f16_to_f32(b[:, 2:4])).reshape(raw.shape[0], -1)
+
+
+def _dequantize_q8_0(raw):
+    b = _blocks_of(raw, 34)
+    q = b[:, 2:].view(np.int8).astype(np.float32)
+    return (q * _f16_to_f32(b[:, :2])).reshape(raw.shape[0], -1)
+
+
+# ---------------------------------------------------------------- dequantizers (torch, any device)
+
+
+def _t_blocks(raw: torch.Tensor, type_size: int) -> torch.Tensor:
+    return raw.contiguous().reshape(-1, type_size)
+
+
+def _t_nibbles(qs: torch.Tensor) -> torch.Tensor:
+    return torch.cat([qs & 15, qs >> 4], dim=1)
+
+
+def _t_high_bits(qh: torch.Tensor) -> torch.Tensor:
+    shifts = torch.arange(8, device=qh.device, dtype=torch.uint8)
+    bits = (qh.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(qh.shape[0], 32) << 4
+
+
+def _t_dequantize_q4_0(raw):
+    b = _t_blocks(raw, 18)
+    q = _t_nibbles(b[:, 2:]).to(torch.float32) - 8
+    return (q * _t_f16(b[:, :2])).reshape(raw.shape[0], -1)
+
+
+def _t_dequantize_q4_1(raw):
+    b = _t_blocks(raw, 20)
+    q = _t_nibbles(b[:, 4:]).to(torch.float32)
+    return (q * _t_f16(b[:, :2]) + _t_f16(b[:, 2:4])).reshape(raw.shape[0], -1)
+
+
+def _t_dequantize_q5_0(raw):
+    b = _t_blocks(raw, 22)
+    q = (_t_nibbles(b[:, 6:]) | _t_high_bits(b[:, 2:6])).to(torch.float32) - 16
+    return (q * _t_f16(b[:, :2])).reshape(raw.shape[0], -1)
+
+
+def _t_dequantize_q5_1(raw):
+    b = _t_blocks(raw, 24)
+    q = (_t_nibbles(b[:, 8:]) | _t_high_bits(b[:, 4:8])).to(torch.float32)
+    return (q * _t_f16(b[:, :2]) + _t_f16(b[:, 2:4])).reshape(raw.shape[0], -1)
+
+
+def _t_dequantize_q8_0(raw):
+    b = _t_blocks(raw, 34)
+    q = b[:, 2:].contiguous().view(torch.int8).to(torch.float32)
+    return (q * _t_f16(b[:, :2])).reshape(raw.shape[0], -1)
+
+
+QUANTIZE = {Q.Q4_0: _quantize_q4_0, Q.Q4_1: _quantize_q4_1, Q.Q5_0: _quantize_q5_0, Q.Q5_1: _quantize_q5_1, Q.Q8_0: _quantize_q8_0}
+DEQUANTIZE = {
+    Q.Q4_0: _dequantize_q4_0,
+    Q.Q4_1: _dequantize_q4_1,
+    Q.Q5_0: _dequantize_q5_0,
+    Q.Q5_1: _dequantize_q5_1,
+    Q.Q8_0: _dequantize_q8_0,
+}
+DEQUANTIZE_TORCH = {
+    Q.Q4_0: _t_dequantize_q4_0,
+    Q.Q4_1: _t_dequantize_q4_1,
+    Q.Q5_0: _t_dequantize_q5_0,
+    Q.Q5_1: _t_dequantize_q5_1,
+    Q.Q8_0: _t_dequantize_q8_0,
+}

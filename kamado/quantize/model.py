@@ -1,0 +1,190 @@
+"""Quantize a whole GGUF model file, as llama-quantize does (src/llama-quant.cpp's driver).
+
+Metadata is copied in order; general.quantization_version and general.file_type are set (moving them to
+the end, as gguf_set_val does), then the --override-kv values and the quantize.imatrix.* keys. Tensors keep
+their order; each gets the type `rules.TypeChooser` picks, is copied unchanged when that is its type
+already, and is otherwise dequantized to f32 and quantized row by row (per expert, with that expert's
+slice of the importance matrix). Output is written atomically by the GGUF writer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kamado.gguf import GGUFReader, GGUFValueType, GGUFWriter
+from kamado.gguf.constants import GGMLQuantizationType as T
+from kamado.quantize.rules import UNQUANTIZED, ModelShape, Options, TypeChooser, requires_imatrix
+from kamado.quants import dequantize, quantize, row_bytes
+
+QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
+
+
+class QuantizeError(ValueError):
+    """The model cannot be quantized as asked; the message says why."""
+
+
+@dataclass
+class Imatrix:
+    """Per-tensor importance weights (what llama-quantize passes to its quantizers) and where they came from."""
+
+    weights: dict[str, np.ndarray]
+    file: str  # as given on the command line: llama-quantize records it verbatim
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+
+
+@dataclass
+class Override:
+    """--override-kv KEY=TYPE:VALUE."""
+
+    key: str
+    vtype: GGUFValueType
+    value: object
+
+
+@dataclass
+class Summary:
+    original_bytes: int
+    new_bytes: int
+    n_elements: int
+    seconds: float
+    outputs: list[Path]
+    plan: list[tuple[str, T, T]]  # (tensor, old type, new type)
+    n_fallback: int
+
+
+def parse_override(text: str) -> Override:
+    """KEY=TYPE:VALUE with TYPE int, float, bool or str (llama.cpp's --override-kv)."""
+    key, sep, rest = text.partition("=")
+    kind, sep2, value = rest.partition(":")
+    if not key or not sep or not sep2:
+        raise QuantizeError(f"--override-kv {text!r}: expected KEY=TYPE:VALUE")
+    if kind == "int":
+        try:
+            # llama.cpp stores integer overrides as uint32 of the absolute value.
+            return Override(key, GGUFValueType.UINT32, abs(int(value)) & 0xFFFFFFFF)
+        except ValueError:
+            raise QuantizeError(f"--override-kv {text!r}: {value!r} is not an integer") from None
+    if kind == "float":
+        try:
+            return Override(key, GGUFValueType.FLOAT32, float(value))
+        except ValueError:
+            raise QuantizeError(f"--override-kv {text!r}: {value!r} is not a number") from None
+    if kind == "bool":
+        if value not in ("true", "false"):
+            raise QuantizeError(f"--override-kv {text!r}: a bool is true or false")
+        return Override(key, GGUFValueType.BOOL, value == "true")
+    if kind == "str":
+        if len(value.encode("utf-8")) > 127:
+            raise QuantizeError(f"--override-kv {text!r}: string values are limited to 127 bytes")
+        return Override(key, GGUFValueType.STRING, value)
+    raise QuantizeError(f"--override-kv {text!r}: unknown type {kind!r} (int, float, bool or str)")
+
+
+def _imatrix_overrides(im: Imatrix) -> list[Override]:
+    out = [Override("quantize.imatrix.file", GGUFValueType.STRING, im.file[:127])]
+    if im.datasets:
+        out.append(Override("quantize.imatrix.dataset", GGUFValueType.STRING, im.datasets[0][:127]))
+    out.append(Override("quantize.imatrix.entries_count", GGUFValueType.UINT32, len(im.weights)))
+    if im.chunk_count > 0:
+        out.append(Override("quantize.imatrix.chunks_count", GGUFValueType.UINT32, im.chunk_count))
+    return out
+
+
+def _quantize_rows(rows: np.ndarray, qtype: T, imatrix: np.ndarray | None, pool: ThreadPoolExecutor | None) -> np.ndarray:
+    """Quantize a (n_rows, n) matrix; rows are independent, so chunks may run on several threads."""
+    if pool is None or len(rows) < 64:
+        return quantize(rows, qtype, imatrix)
+    chunks = np.array_split(rows, min(len(rows) // 32, pool._max_workers * 4))
+    return np.concatenate(list(pool.map(lambda c: quantize(c, qtype, imatrix), chunks)))
+
+
+def quantize_model(
+    inp: str | os.PathLike,
+    out: str | os.PathLike,
+    opts: Options,
+    *,
+    allow_requantize: bool = False,
+    imatrix: Imatrix | None = None,
+    overrides: list[Override] = (),
+    nthreads: int = 0,
+    dry_run: bool = False,
+    progress=None,
+) -> Summary:
+    """Quantize `inp` into `out`. progress(i, n, name) is called before each tensor."""
+    start = time.perf_counter()
+    reader = GGUFReader(inp)
+    tensors = list(reader.tensors.values())
+    opts.has_imatrix = bool(imatrix and imatrix.weights)
+    chooser = TypeChooser(ModelShape.from_metadata(reader.metadata), [t.name for t in tensors], opts)
+    plan = [(t, chooser.choose(t.name, t.shape, t.type)) for t in tensors]
+
+    for t, new in plan:
+        if new == t.type:
+            continue
+        if requires_imatrix(t.name, new, opts.file_type) and not (opts.has_imatrix and t.name in imatrix.weights) and not dry_run:
+            raise QuantizeError(f"tensor {t.name} would be {new.name} in a {opts.file_type.name} file, which needs an importance "
+                                "matrix (--imatrix)")
+        if t.type not in UNQUANTIZED and not allow_requantize:
+            raise QuantizeError(f"tensor {t.name} is already quantized ({t.type.name}); requantizing loses quality, "
+                                "pass --allow-requantize to do it anyway")
+        row_bytes(new, t.shape[-1])  # the rules guarantee whole blocks; fail early if not
+
+    n_elements = sum(t.n_elements for t in tensors)
+    original = sum(t.nbytes for t in tensors)
+    new_total = sum(int(np.prod(t.shape[:-1], dtype=np.int64)) * row_bytes(new, t.shape[-1]) for t, new in plan)
+    summary = Summary(original, new_total, n_elements, 0.0, [], [(t.name, t.type, new) for t, new in plan], chooser.n_fallback)
+    if dry_run:
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    nthreads = nthreads if nthreads > 0 else (os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(nthreads) if nthreads > 1 else None
+    writer = GGUFWriter(out, alignment=reader.alignment)
+    writer.add_fields_from(reader.fields)
+    writer.add_field("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32)
+    if not opts.only_copy:
+        writer.add_field("general.file_type", int(opts.file_type.ftype), GGUFValueType.UINT32)
+    for o in list(overrides) + (_imatrix_overrides(imatrix) if opts.has_imatrix else []):
+        writer.add_field(o.key, o.value, o.vtype)
+
+    def producer(i, t, new):
+        def make():
+            if progress:
+                progress(i, len(plan), t.name)
+            if new == t.type:
+                return t.raw
+            src = t.raw.reshape(-1, t.raw.shape[-1])
+            n = t.shape[-1]
+            weights = imatrix.weights.get(t.name) if opts.has_imatrix else None
+            n_mat = t.shape[-2]  # rows per matrix; 3-D tensors hold one matrix per expert
+            n_exp = len(src) // n_mat
+            if weights is not None and weights.size != n * n_exp:
+                if t.name != "token_embd.weight":
+                    raise QuantizeError(f"imatrix for {t.name} has {weights.size} values, the tensor needs {n * n_exp}")
+                weights = None
+            parts = []
+            for e in range(n_exp):
+                rows = src[e * n_mat : (e + 1) * n_mat]
+                f32 = rows.view(np.float32) if t.type == T.F32 else dequantize(rows, t.type)
+                w = weights[e * n : (e + 1) * n] if weights is not None else None
+                parts.append(_quantize_rows(f32, new, w, pool))
+            return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+        return make
+
+    for i, (t, new) in enumerate(plan):
+        writer.add_tensor(t.name, new, t.shape, producer(i, t, new))
+    try:
+        summary.outputs = writer.write()
+    finally:
+        if pool:
+            pool.shutdown()
+    summary.seconds = time.perf_counter() - start
+    return summary
