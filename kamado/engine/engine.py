@@ -1,0 +1,294 @@
+"""The generation engine: continuous batching over a paged KV cache, one worker thread, thread-safe handles.
+
+    engine = Engine(model, tokenizer, n_ctx=2048, n_seq_max=8)
+    handle = engine.submit(Request(prompt_tokens, SamplingParams(temperature=0), max_tokens=64, stop=["\\n\\n"]))
+    for event in handle:        # TokenEvent ... then one FinishEvent
+        ...
+    handle.cancel()             # from any thread: the request's pages are released at the next step
+
+Each step the worker admits waiting requests (mapping cached prefix pages), runs one prompt chunk
+(up to n_batch tokens) of one prefilling sequence, then one decode forward with a row per running
+sequence. Prefill chunks are never mixed with other sequences and every op computes rows
+independently, so a request's tokens do not depend on what else is running (batch invariance);
+see kamado/kernels/cpu.py for the decode kernel's row limit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from kamado.engine.kv_cache import CacheFullError, PagedKVCache
+from kamado.engine.sampler import SampledToken, Sampler, SamplingParams
+from kamado.engine.stop import StopMatcher
+from kamado.models.blocks import attention
+
+
+class ContextOverflowError(ValueError):
+    """A prompt that does not fit the context window."""
+
+
+@dataclass
+class Request:
+    prompt: Sequence[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = 16  # None or <= 0: until the context is full
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class TokenEvent:
+    token: int
+    text: str  # newly released text (stop strings held back, never emitted)
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class FinishEvent:
+    reason: str  # "stop", "length", "cancelled" or "error"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    text: str = ""  # text released at the end (held back by the stop matcher or detokenizer)
+    error: str | None = None
+
+
+class Handle:
+    """One submitted request: iterate for events; cancel() from any thread."""
+
+    def __init__(self, engine: Engine, request: Request):
+        self.engine, self.request = engine, request
+        self.events: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.engine._wake()
+
+    def __iter__(self) -> Iterator[TokenEvent | FinishEvent]:
+        while True:
+            event = self.events.get()
+            yield event
+            if isinstance(event, FinishEvent):
+                return
+
+
+class _Sequence:
+    def __init__(self, handle: Handle, tokens: list[int], pages: list[int], key: bytes, n_cached: int, engine: Engine):
+        self.handle = handle
+        self.tokens = tokens  # prompt + generated
+        self.n_prompt = len(handle.request.prompt)
+        self.pages, self.key = pages, key
+        self.n_computed = n_cached  # tokens whose K/V are in the cache
+        self.n_cached = n_cached
+        self.generated = 0
+        self.sampler = Sampler(handle.request.params, engine.model.cfg.n_vocab)
+        self.detok = engine.tokenizer.stream() if engine.tokenizer is not None else None
+        self.stop = StopMatcher(handle.request.stop) if handle.request.stop else None
+        self.done = False
+
+
+class Engine:
+    def __init__(self, model, tokenizer=None, n_ctx: int = 2048, n_seq_max: int = 8, kv_tokens: int | None = None,
+                 n_batch: int = 512, page_size: int = 16):
+        cfg = model.cfg
+        self.model, self.tokenizer = model, tokenizer
+        self.n_ctx, self.n_seq_max, self.n_batch = n_ctx, n_seq_max, n_batch
+        self.cache = PagedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, kv_tokens or n_ctx * n_seq_max, page_size)
+        self.eog = set(getattr(tokenizer, "eog_ids", ()) or ())
+        self._waiting: list[Handle] = []
+        self._running: list[_Sequence] = []
+        self._lock = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        _LIVE_ENGINES.add(self)
+
+    # ---- public API -------------------------------------------------------------------------
+    def submit(self, request: Request) -> Handle:
+        n = len(request.prompt)
+        if n == 0:
+            raise ValueError("the prompt is empty: at least one token is needed")
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        if n >= self.n_ctx:
+            raise ContextOverflowError(f"Requested tokens ({n}) exceed context window of {self.n_ctx}")
+        handle = Handle(self, request)
+        with self._lock:
+            self._waiting.append(handle)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._loop, name="kamado-engine", daemon=True)
+                self._worker.start()
+            self._lock.notify()
+        return handle
+
+    def generate(self, request: Request) -> list[TokenEvent | FinishEvent]:
+        return list(self.submit(request))
+
+    def close(self) -> None:
+        """Stop the worker thread (running requests are left unfinished); called at interpreter exit."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._worker is not None:
+            self._worker.join()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
+
+    # ---- worker -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._running and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+            try:
+                with torch.inference_mode():
+                    self.step()
+            except Exception as e:  # nothing may kill the worker: fail the running requests instead
+                for seq in list(self._running):
+                    self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
+
+    def step(self) -> None:
+        self._reap_cancelled()
+        self._admit()
+        prefilling = next((s for s in self._running if s.n_computed < s.n_prompt), None)
+        if prefilling is not None:
+            self._prefill_chunk(prefilling)
+        decoding = [s for s in self._running if s.n_computed >= s.n_prompt and not s.done and s is not prefilling]
+        if decoding:
+            self._decode(decoding)
+
+    def _reap_cancelled(self) -> None:
+        with self._lock:
+            for h in [h for h in self._waiting if h.cancelled.is_set()]:
+                self._waiting.remove(h)
+                h.events.put(FinishEvent("cancelled", len(h.request.prompt), 0, 0))
+        for seq in [s for s in self._running if s.handle.cancelled.is_set()]:
+            self._finish(seq, "cancelled")
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting or len(self._running) >= self.n_seq_max:
+                    return
+                handle = self._waiting[0]
+            prompt = list(handle.request.prompt)
+            pages, key = self.cache.match_prefix(prompt, len(prompt) - 1)
+            n_cached = len(pages) * self.cache.page_size
+            need = -(-(len(prompt) + 1) // self.cache.page_size) - len(pages)
+            try:
+                pages += self.cache.allocate(need)
+            except CacheFullError as e:
+                self.cache.release(pages)
+                if self._running:
+                    return  # wait for running requests to free pages
+                with self._lock:
+                    self._waiting.pop(0)
+                handle.events.put(FinishEvent("error", len(prompt), 0, 0, error=str(e)))
+                continue
+            with self._lock:
+                self._waiting.pop(0)
+            self._running.append(_Sequence(handle, prompt, pages, key, n_cached, self))
+
+    def _attend(self, segments):
+        """An `attend` callback for rows grouped as [(sequence, first_row, n_rows, first_position)]."""
+        cache = self.cache
+
+        def attend(spec, q, k, v):
+            outs = []
+            for seq, row, n, pos in segments:
+                slots = cache.slots(seq.pages, pos, pos + n)
+                kc, vc = cache.k[spec.index], cache.v[spec.index]
+                kc[slots] = k[row : row + n].to(kc.dtype)
+                vc[slots] = v[row : row + n].to(vc.dtype)
+                first = max(0, pos - spec.window + 1) if spec.window else 0
+                k_slots = cache.slots(seq.pages, first, pos + n)
+                outs.append(
+                    attention(q[row : row + n], kc[k_slots], vc[k_slots], torch.arange(pos, pos + n), torch.arange(first, pos + n),
+                              spec.scale, spec.window, spec.softcap)
+                )
+            return torch.cat(outs)
+
+        return attend
+
+    def _prefill_chunk(self, seq: _Sequence) -> None:
+        start = seq.n_computed
+        stop = min(seq.n_prompt, start + self.n_batch)
+        tokens = torch.tensor(seq.tokens[start:stop])
+        last = stop == seq.n_prompt
+        out_rows = torch.tensor([stop - start - 1]) if last else torch.tensor([], dtype=torch.long)
+        logits = self.model(tokens, torch.arange(start, stop), self._attend([(seq, 0, stop - start, start)]), out_rows)
+        self._computed(seq, stop)
+        if last:
+            self._accept(seq, seq.sampler.sample(logits[0], seq.tokens))
+
+    def _decode(self, seqs: list[_Sequence]) -> None:
+        tokens = torch.tensor([s.tokens[-1] for s in seqs])
+        positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
+        segments = [(s, i, 1, len(s.tokens) - 1) for i, s in enumerate(seqs)]
+        logits = self.model(tokens, positions, self._attend(segments), torch.arange(len(seqs)))
+        for i, s in enumerate(seqs):
+            self._computed(s, len(s.tokens))
+            self._accept(s, s.sampler.sample(logits[i], s.tokens))
+
+    def _computed(self, seq: _Sequence, n: int) -> None:
+        """K/V of seq.tokens[:n] are stored: register newly completed pages for prefix sharing."""
+        ps = self.cache.page_size
+        for p in range(seq.n_computed // ps, n // ps):
+            seq.key = self.cache.chain(seq.key, seq.tokens[p * ps : (p + 1) * ps])
+            self.cache.register(seq.pages[p], seq.key)
+        seq.n_computed = n
+
+    def _accept(self, seq: _Sequence, sampled: SampledToken) -> None:
+        req = seq.handle.request
+        seq.generated += 1
+        if sampled.id in self.eog and not req.ignore_eos:
+            self._finish(seq, "stop")
+            return
+        text = seq.detok.feed(sampled.id) if seq.detok is not None else ""
+        hit = False
+        if seq.stop is not None:
+            text, hit = seq.stop.feed(text)
+        seq.handle.events.put(TokenEvent(sampled.id, text, sampled.logprob, sampled.top))
+        seq.tokens.append(sampled.id)
+        if hit:
+            self._finish(seq, "stop", flush=False)
+        elif req.max_tokens and req.max_tokens > 0 and seq.generated >= req.max_tokens:
+            self._finish(seq, "length")
+        elif len(seq.tokens) >= self.n_ctx:
+            self._finish(seq, "length")
+        elif len(seq.tokens) > len(seq.pages) * self.cache.page_size:
+            try:
+                seq.pages += self.cache.allocate(1)
+            except CacheFullError as e:
+                self._finish(seq, "error", error=str(e))
+
+    def _finish(self, seq: _Sequence, reason: str, flush: bool = True, error: str | None = None) -> None:
+        text = ""
+        if flush and reason in ("stop", "length"):
+            text = seq.detok.flush() if seq.detok is not None else ""
+            if seq.stop is not None:
+                text, hit = seq.stop.feed(text)
+                text += "" if hit else seq.stop.flush()
+        seq.done = True
+        self._running.remove(seq)
+        self.cache.release(seq.pages)
+        seq.pages = []
+        seq.handle.events.put(FinishEvent(reason, seq.n_prompt, seq.generated, seq.n_cached, text, error))
+
+
+
+# Torch aborts the process if a worker thread is still alive at interpreter exit: stop them first.
+_LIVE_ENGINES: weakref.WeakSet = weakref.WeakSet()
+atexit.register(lambda: [engine.close() for engine in list(_LIVE_ENGINES)])

@@ -1,0 +1,51 @@
+"""Whole-sequence scoring outside the scheduler: perplexity exactly as llama-perplexity, and embeddings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from kamado.models import solo_attend
+
+OUTPUT_ROWS_PER_PASS = 32  # bounds the logits scratch (rows x vocab float32)
+
+
+def perplexity(model, tokens: Sequence[int], n_ctx: int, bos_id: int | None) -> tuple[float, list[float]]:
+    """llama-perplexity's method: chunks of n_ctx tokens, BOS first in each, score the second half.
+
+    Returns (PPL, per-token negative log-likelihoods). tokens: the whole text tokenized with BOS.
+    """
+    n_chunks = len(tokens) // n_ctx
+    if n_chunks == 0:
+        raise ValueError(f"perplexity needs at least n_ctx={n_ctx} tokens, the text has {len(tokens)}")
+    first = n_ctx // 2
+    nll: list[float] = []
+    with torch.inference_mode():
+        for c in range(n_chunks):
+            chunk = list(tokens[c * n_ctx : (c + 1) * n_ctx])
+            if bos_id is not None:
+                chunk[0] = bos_id
+            ids = torch.tensor(chunk)
+            hidden = model.hidden(ids, torch.arange(n_ctx), solo_attend(model.cfg.n_layer))
+            for a in range(first, n_ctx - 1, OUTPUT_ROWS_PER_PASS):
+                b = min(n_ctx - 1, a + OUTPUT_ROWS_PER_PASS)
+                logp = torch.log_softmax(model.logits(hidden[a:b]).double(), dim=-1)
+                nll += (-logp[torch.arange(b - a), ids[a + 1 : b + 1]]).tolist()
+    return math.exp(sum(nll) / len(nll)), nll
+
+
+def embed(model, tokens: Sequence[int], pooling: str, normalize: bool = False) -> torch.Tensor:
+    """Final-normed hidden states pooled as the model says: none -> (T, n_embd); mean/cls/last -> (n_embd,)."""
+    with torch.inference_mode():
+        h = model.hidden(torch.tensor(list(tokens)), torch.arange(len(tokens)), solo_attend(model.cfg.n_layer))
+    if pooling == "mean":
+        h = h.mean(0)
+    elif pooling == "cls":
+        h = h[0]
+    elif pooling == "last":
+        h = h[-1]
+    elif pooling != "none":
+        raise ValueError(f"pooling {pooling!r} is not supported; supported: none, mean, cls, last")
+    return torch.nn.functional.normalize(h, dim=-1) if normalize else h

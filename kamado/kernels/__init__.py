@@ -1,0 +1,11 @@
+"""Compute kernels: the matmul of activations with GGUF-format weights, and embedding row lookups.
+
+`make_linear(tensor, backend)` turns a GGUF tensor into a callable `x (M, in) float32 -> (M, out) float32`.
+Backends: "reference" (kamado.quants.dequantize_torch then a float32 matmul: the numerical yardstick)
+and "cpu" (repacked int8, see kamado/kernels/cpu.py for the measured choice). A GPU backend plugs in
+by adding a module with the same `make_linear` shape to BACKENDS.
+"""
+
+from kamado.kernels.linear import BACKENDS, KernelError, QuantTensor, embedding_rows, make_linear
+
+__all__ = ["BACKENDS", "KernelError", "QuantTensor", "embedding_rows", "make_linear"]

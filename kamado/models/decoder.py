@@ -1,0 +1,236 @@
+"""The decoder-only transformer every supported family is an instance of, driven by an ArchSpec + ModelConfig.
+
+The model never sees batches or caches: `forward` gets a flat row of tokens (from any number of
+sequences) with their positions and an `attend` callback supplied by the engine, which stores the
+new keys/values and returns each row's attention output. That keeps the paged KV cache, batching
+and devices in kamado.engine and the math here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kamado.kernels import QuantTensor, embedding_rows, make_linear
+from kamado.models.blocks import ACTIVATIONS, Rope, RopeSpec, attention, rms_norm, top_k_routing
+from kamado.models.config import ModelConfig, ModelError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What distinguishes one family's graph (llama.cpp src/models/*.cpp) from the generic decoder."""
+
+    name: str
+    rope_neox: bool = True
+    embed_scale: bool = False  # multiply token embeddings by sqrt(n_embd) (Gemma)
+    post_norms: bool = False  # post_attention_norm / post_ffw_norm before the residual add (Gemma 2/3)
+    activation: str = "silu"
+    swa_pattern: int = 0  # 0: every layer uses the window (if any); n: layer il is local unless il % n == n - 1
+    swa_rope_base: float = 0.0  # local layers' own rope base (Gemma 3), 0 = same as global
+    big_attention_scale_layers: int = 0  # layer count of the variant scaling queries by 1/sqrt(n_embd/n_head) (Gemma 27B)
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """What `attend` needs to know about one layer."""
+
+    index: int
+    scale: float
+    window: int
+    softcap: float
+
+
+AttendFn = Callable[[LayerAttention, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class _Tensors:
+    def __init__(self, tensors: dict, arch: str, supported: str):
+        self.tensors, self.arch, self.supported = tensors, arch, supported
+
+    def get(self, name: str, required: bool = True) -> QuantTensor | None:
+        info = self.tensors.get(name)
+        if info is None:
+            if required:
+                raise ModelError(f"{self.arch} model: tensor {name} is missing ({self.supported})")
+            return None
+        return QuantTensor.from_info(info)
+
+    def vector(self, name: str, required: bool = True) -> torch.Tensor | None:
+        t = self.get(name, required)
+        return None if t is None else t.dequantize().reshape(-1)
+
+
+class Layer:
+    def __init__(self, il: int, cfg: ModelConfig, arch: ArchSpec, t: _Tensors, backend: str):
+        p = f"blk.{il}."
+        self.attn_norm = t.vector(p + "attn_norm.weight")
+        qkv = t.get(p + "attn_qkv.weight", required=False)
+        if qkv is not None:
+            self.qkv = make_linear(qkv, backend)
+            self.q = self.k = self.v = None
+        else:
+            self.qkv = None
+            self.q, self.k, self.v = (make_linear(t.get(p + f"attn_{n}.weight"), backend) for n in "qkv")
+        self.q_bias, self.k_bias, self.v_bias = (t.vector(p + f"attn_{n}.bias", required=False) for n in "qkv")
+        self.q_norm = t.vector(p + "attn_q_norm.weight", required=False)
+        self.k_norm = t.vector(p + "attn_k_norm.weight", required=False)
+        self.o = make_linear(t.get(p + "attn_output.weight"), backend)
+        self.post_attn_norm = t.vector(p + "post_attention_norm.weight", required=arch.post_norms)
+        self.ffn_norm = t.vector(p + "ffn_norm.weight")
+        self.post_ffn_norm = t.vector(p + "post_ffw_norm.weight", required=arch.post_norms)
+        self.act = ACTIVATIONS[arch.activation]
+        if cfg.n_expert:
+            self.router = make_linear(t.get(p + "ffn_gate_inp.weight"), backend)
+            self.experts = [
+                [_expert_linear(t.get(p + f"ffn_{n}_exps.weight"), e, backend) for n in ("gate", "up", "down")]
+                for e in range(cfg.n_expert)
+            ]
+        else:
+            gate = t.get(p + "ffn_gate.weight", required=False)
+            self.gate = None if gate is None else make_linear(gate, backend)
+            self.up = make_linear(t.get(p + "ffn_up.weight"), backend)
+            self.down = make_linear(t.get(p + "ffn_down.weight"), backend)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:  # fused gate_up (Phi-3): gate is the first half
+            g, u = self.up(x).chunk(2, dim=-1)
+        else:
+            g, u = self.gate(x), self.up(x)
+        return self.down(self.act(g) * u)
+
+    def moe(self, x: torch.Tensor, n_used: int) -> torch.Tensor:
+        weights, experts = top_k_routing(self.router(x), n_used)
+        out = torch.zeros_like(x)
+        for e in experts.unique().tolist():
+            rows, slot = (experts == e).nonzero(as_tuple=True)
+            gate, up, down = self.experts[e]
+            xe = x[rows]
+            out.index_add_(0, rows, down(self.act(gate(xe)) * up(xe)) * weights[rows, slot, None])
+        return out
+
+
+def _expert_linear(t: QuantTensor, e: int, backend: str):
+    return make_linear(QuantTensor(f"{t.name}[{e}]", t.qtype, t.shape[1:], t.raw[e]), backend)
+
+
+class DecoderModel(torch.nn.Module):
+    def __init__(self, cfg: ModelConfig, arch: ArchSpec, tensors: dict, backend: str, supported: str, progress=None):
+        super().__init__()
+        self.cfg, self.arch = cfg, arch
+        t = _Tensors(tensors, cfg.arch, supported)
+        self.token_embd = t.get("token_embd.weight")
+        self.layers = []
+        for il in range(cfg.n_layer):
+            self.layers.append(Layer(il, cfg, arch, t, backend))
+            if progress:
+                progress(il + 1, cfg.n_layer)
+        self.output_norm = t.vector("output_norm.weight")
+        out = t.get("output.weight", required=False) or self.token_embd  # tied embeddings
+        self.output = make_linear(out, backend)
+        self.embed_scale = math.sqrt(cfg.n_embd) if arch.embed_scale else 1.0
+        self._build_attention(t)
+
+    def _build_attention(self, t: _Tensors) -> None:
+        cfg, arch = self.cfg, self.arch
+        if arch.big_attention_scale_layers and cfg.n_layer == arch.big_attention_scale_layers:
+            scale = 1.0 / math.sqrt(cfg.n_embd / cfg.n_head)
+        else:
+            scale = 1.0 / math.sqrt(cfg.head_dim)
+        freq_factors = t.vector("rope_freqs.weight", required=False)
+        if freq_factors is None:  # Phi-3 longrope: long factors beyond the original context
+            name = "rope_factors_long.weight" if cfg.extra.get("n_ctx", 0) > cfg.rope_orig_ctx else "rope_factors_short.weight"
+            freq_factors = t.vector(name, required=False)
+        scaling = cfg.rope_scaling
+        freq_scale = 1.0 / cfg.rope_scale_factor if scaling in ("linear", "yarn") else 1.0
+        global_rope = Rope(
+            RopeSpec(
+                cfg.rope_dims,
+                cfg.rope_base,
+                arch.rope_neox,
+                freq_scale=freq_scale,
+                ext_factor=1.0 if scaling == "yarn" else 0.0,
+                attn_factor=cfg.rope_attn_factor,
+                beta_fast=cfg.yarn_beta_fast,
+                beta_slow=cfg.yarn_beta_slow,
+                n_ctx_orig=cfg.rope_orig_ctx or cfg.n_ctx_train,
+            ),
+            freq_factors,
+        )
+        local_rope = Rope(RopeSpec(cfg.rope_dims, arch.swa_rope_base, arch.rope_neox)) if arch.swa_rope_base else global_rope
+        self.attn, self.ropes = [], []
+        for il in range(cfg.n_layer):
+            local = bool(cfg.sliding_window) and (not arch.swa_pattern or il % arch.swa_pattern != arch.swa_pattern - 1)
+            self.attn.append(LayerAttention(il, scale, cfg.sliding_window if local else 0, cfg.attn_softcap))
+            self.ropes.append(local_rope if local else global_rope)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = embedding_rows(self.token_embd, tokens)
+        return x * self.embed_scale if self.embed_scale != 1.0 else x
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        """Final-normed hidden states (T, n_embd) of all rows."""
+        cfg = self.cfg
+        x = self.embed(tokens)
+        n = len(tokens)
+        trig = {}
+        for layer, spec, rope in zip(self.layers, self.attn, self.ropes, strict=True):
+            if id(rope) not in trig:
+                trig[id(rope)] = rope.cos_sin(positions)
+            cos, sin = trig[id(rope)]
+            h = rms_norm(x, layer.attn_norm, cfg.eps)
+            if layer.qkv is not None:
+                q, k, v = layer.qkv(h).split([cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim, cfg.n_head_kv * cfg.head_dim_v], -1)
+            else:
+                q, k, v = layer.q(h), layer.k(h), layer.v(h)
+            if layer.q_bias is not None:
+                q = q + layer.q_bias
+            if layer.k_bias is not None:
+                k = k + layer.k_bias
+            if layer.v_bias is not None:
+                v = v + layer.v_bias
+            q = q.reshape(n, cfg.n_head, cfg.head_dim)
+            k = k.reshape(n, cfg.n_head_kv, cfg.head_dim)
+            v = v.reshape(n, cfg.n_head_kv, cfg.head_dim_v)
+            if layer.q_norm is not None:
+                q = rms_norm(q, layer.q_norm, cfg.eps)
+                k = rms_norm(k, layer.k_norm, cfg.eps)
+            q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
+            a = layer.o(attend(spec, q, k, v))
+            if layer.post_attn_norm is not None:
+                a = rms_norm(a, layer.post_attn_norm, cfg.eps)
+            x = x + a
+            h = rms_norm(x, layer.ffn_norm, cfg.eps)
+            f = layer.moe(h, cfg.n_expert_used) if cfg.n_expert else layer.mlp(h)
+            if layer.post_ffn_norm is not None:
+                f = rms_norm(f, layer.post_ffn_norm, cfg.eps)
+            x = x + f
+        return rms_norm(x, self.output_norm, cfg.eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.output(hidden)
+        if self.cfg.final_softcap:
+            out = torch.tanh(out / self.cfg.final_softcap) * self.cfg.final_softcap
+        return out
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, attend: AttendFn, output_rows: torch.Tensor | None = None):
+        h = self.hidden(tokens, positions, attend)
+        return self.logits(h if output_rows is None else h[output_rows])
+
+
+def solo_attend(n_layer: int) -> AttendFn:
+    """An `attend` for one sequence without a paged cache (tests, simple callers): keeps K/V in lists per layer."""
+    keys: list = [None] * n_layer
+    values: list = [None] * n_layer
+
+    def attend(spec: LayerAttention, q, k, v):
+        il = spec.index
+        keys[il] = k if keys[il] is None else torch.cat([keys[il], k])
+        values[il] = v if values[il] is None else torch.cat([values[il], v])
+        k_pos = torch.arange(keys[il].shape[0])
+        q_pos = k_pos[-q.shape[0] :]
+        return attention(q, keys[il], values[il], q_pos, k_pos, spec.scale, spec.window, spec.softcap)
+
+    return attend

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from kamado.models import ModelError, load_model
+from kamado.models.blocks import Rope, RopeSpec, attention
+from tests.models.tiny import tiny_model
+
+
+def test_attention_matches_sdpa_with_gqa_and_causal_mask():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(5, 4, 8, generator=g), torch.randn(5, 2, 8, generator=g), torch.randn(5, 2, 8, generator=g)
+    pos = torch.arange(5)
+    out = attention(q, k, v, pos, pos, 1 / math.sqrt(8))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.repeat_interleave(2, 1).transpose(0, 1), v.repeat_interleave(2, 1).transpose(0, 1), is_causal=True
+    )
+    torch.testing.assert_close(out, ref.transpose(0, 1).reshape(5, 32))
+
+
+def test_sliding_window_hides_old_keys():
+    q, k = torch.randn(1, 1, 4), torch.randn(6, 1, 4)
+    v = torch.arange(6.0)[:, None, None].expand(6, 1, 4)
+    out = attention(q, k, v, torch.tensor([5]), torch.arange(6), 1.0, window=1)
+    assert torch.allclose(out, torch.full((1, 4), 5.0))  # only the query's own position is visible
+
+
+def test_rope_norm_and_neox_pairings_are_permutations_of_each_other():
+    x = torch.randn(3, 2, 8)
+    pos = torch.tensor([0, 3, 7])
+    neox, norm = Rope(RopeSpec(8, 10000.0, True)), Rope(RopeSpec(8, 10000.0, False))
+    perm = torch.tensor([0, 2, 4, 6, 1, 3, 5, 7])  # interleaved pairs -> split halves
+    a = neox.apply(x[..., perm], *neox.cos_sin(pos))
+    b = norm.apply(x, *norm.cos_sin(pos))[..., perm]
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[0], x[0][..., perm])  # position 0 does not rotate
+    torch.testing.assert_close(a.norm(dim=-1), x.norm(dim=-1))
+
+
+def test_unknown_architecture_is_named_with_the_supported_list():
+    class Reader:
+        metadata = {"general.architecture": "mamba"}
+        tensors = {}
+
+    with pytest.raises(ModelError, match=r"unknown architecture 'mamba'; supported architectures: .*gemma3.*qwen2"):
+        load_model(Reader())
+
+
+def test_missing_tensor_is_named():
+    with pytest.raises(ModelError, match="tensor blk.0.ffn_down.weight is missing"):
+        tiny_model("qwen2", drop="blk.0.ffn_down.weight")
