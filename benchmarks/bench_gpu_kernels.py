@@ -1,0 +1,144 @@
+"""GPU dequantize-matmul kernels on Llama-3-8B-shaped weights: decode GB/s against the copy roofline, prefill TFLOP/s.
+
+Run on a CUDA machine:  python3 benchmarks/bench_gpu_kernels.py [--types Q4_K,Q8_0] [--sweep] [--out results.md]
+Weights are random bytes made valid for each type (kamado.kernels.triton.layout.random_blocks), built on the GPU.
+Decode timings replay a CUDA graph over enough weight copies (>= 256 MiB) that L2 (50 MB on an H100) cannot
+hold them, and report the median per matmul; bytes counted are the weight bytes (activations are negligible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+
+import torch
+import triton
+import triton.testing
+
+from kamado.gguf.constants import GGMLQuantizationType as Q
+from kamado.kernels.linear import QuantTensor
+from kamado.kernels.triton import linear as tl_linear
+from kamado.kernels.triton.layout import random_blocks
+from kamado.kernels.triton.linear import TritonLinear
+
+SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 4096)]  # (out, in) as in Llama-3-8B
+DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16", "BF16"]
+ROTATE_BYTES = 256 << 20
+SWEEP_GEMV = [(4, 256, 4), (8, 256, 4), (16, 256, 4), (8, 512, 4), (16, 512, 8), (32, 256, 8), (2, 512, 4)]
+
+
+def make_weight(qtype: Q, rows: int, cols: int, seed: int) -> TritonLinear:
+    if qtype in (Q.F16, Q.BF16):
+        dtype = torch.float16 if qtype == Q.F16 else torch.bfloat16
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        w = (torch.randn(rows, cols, device="cuda", generator=gen) * 0.02).to(dtype)
+        raw = w.view(torch.uint8)
+    else:
+        raw = random_blocks(qtype, rows, cols, device="cuda", seed=seed)
+    return TritonLinear(QuantTensor("bench", qtype, (rows, cols), raw))
+
+
+def ceilings() -> tuple[float, float]:
+    """Measured device-to-device copy GB/s (read + write) and bf16 matmul TFLOP/s on this card."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    t = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    copy_gbs = 2 * src.numel() / t / 1e6
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t = triton.testing.do_bench(lambda: x @ y, warmup=50, rep=300, return_mode="median")
+    return copy_gbs, 2 * 8192**3 / t / 1e9
+
+
+def decode_ms(qtype: Q, rows: int, cols: int, batch: int) -> tuple[float, int]:
+    """Median ms of one (batch x cols) @ W.T over rotating weight copies, launched from a CUDA graph."""
+    first = make_weight(qtype, rows, cols, seed=0)
+    copies = [first] + [make_weight(qtype, rows, cols, seed=i) for i in range(1, math.ceil(ROTATE_BYTES / first.nbytes))]
+    x = torch.randn(batch, cols, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for lin in copies:  # compile and warm up outside the capture
+            lin(x)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for lin in copies:
+            lin(x)
+    t = triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
+    return t / len(copies), first.nbytes
+
+
+def prefill_ms(lin: TritonLinear, batch: int, path: str) -> float:
+    x = torch.randn(batch, lin.in_features, device="cuda")
+    if path == "fused":
+        run = lambda: lin.fused_gemm(x)  # noqa: E731
+    else:
+        run = lambda: lin(x)  # noqa: E731
+    return triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--types", default=",".join(DEFAULT_TYPES))
+    ap.add_argument("--shapes", default="all", help="'all' or indices into SHAPES, e.g. 0,3")
+    ap.add_argument("--sweep", action="store_true", help="also time each GEMV config in SWEEP_GEMV on 14336x4096 and 4096x14336")
+    ap.add_argument("--prefill-batch", type=int, default=512)
+    ap.add_argument("--out", help="also write the tables to this markdown file")
+    args = ap.parse_args()
+    types = [Q[t] for t in args.types.split(",")]
+    shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
+    lines = []
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    props = torch.cuda.get_device_properties(0)
+    copy_gbs, bf16_tflops = ceilings()
+    emit(f"{props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}, triton {triton.__version__}; "
+         f"{datetime.date.today()}")  # fmt: skip
+    emit(f"measured ceilings: copy {copy_gbs:.0f} GB/s (read+write), bf16 matmul {bf16_tflops:.0f} TFLOP/s")
+    emit()
+    if args.sweep:
+        emit("GEMV config sweep (batch 1), µs and % of copy roofline; config = (BLOCK_N, BLOCK_K, num_warps)")
+        emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_GEMV) + " |")
+        emit("|---|---|" + "---|" * len(SWEEP_GEMV))
+        default = tl_linear.GEMV_CONFIG
+        for qtype in types:
+            if qtype in (Q.F16, Q.BF16):
+                continue
+            for rows, cols in ((14336, 4096), (4096, 14336)):
+                cells = []
+                for config in SWEEP_GEMV:
+                    tl_linear.GEMV_CONFIG = config
+                    ms, nbytes = decode_ms(qtype, rows, cols, 1)
+                    cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
+                emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
+        tl_linear.GEMV_CONFIG = default
+        emit()
+    emit(f"decode: µs per matmul, GB/s of weight read, % of the {copy_gbs:.0f} GB/s roofline; "
+         f"prefill at batch {args.prefill_batch}: TFLOP/s (fused Triton GEMM / dequantize + cuBLAS)")  # fmt: skip
+    emit("| type | out x in | MB | b=1 µs | b=1 GB/s | b=1 roof | b=4 µs | b=16 µs | b=16 GB/s | pp fused TFLOP/s | pp deq+cuBLAS |")
+    emit("|---|---|---|---|---|---|---|---|---|---|---|")
+    for qtype in types:
+        for rows, cols in shapes:
+            t1, nbytes = decode_ms(qtype, rows, cols, 1)
+            t4, _ = decode_ms(qtype, rows, cols, 4)
+            t16, _ = decode_ms(qtype, rows, cols, 16)
+            lin = make_weight(qtype, rows, cols, seed=99)
+            flops = 2 * args.prefill_batch * rows * cols
+            library = flops / prefill_ms(lin, args.prefill_batch, "library") / 1e9
+            fused = "-" if lin.float_weight is not None else f"{flops / prefill_ms(lin, args.prefill_batch, 'fused') / 1e9:.0f}"
+            gbs = nbytes / t1 / 1e6
+            emit(f"| {qtype.name} | {rows}x{cols} | {nbytes / 1e6:.1f} | {t1 * 1e3:.1f} | {gbs:.0f} | {gbs / copy_gbs:.0%} | "
+                 f"{t4 * 1e3:.1f} | {t16 * 1e3:.1f} | {nbytes / t16 / 1e6:.0f} | {fused} | {library:.0f} |")  # fmt: skip
+            del lin
+            torch.cuda.empty_cache()
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Triton kernels over planed GGUF weights (see layout.py): fused dequantize-GEMV, fused dequantize-GEMM, dequantize.
+
+Every kernel walks K in "groups" of GS values that share one scale (32, or 16 for Q2_K/Q3_K/Q6_K).
+`_dequant` returns, for a tile of rows and groups, the small integers q (as exact float32), the
+per-group scale and offset, so that weight = q * scale + offset. The GEMV multiplies q by x and
+applies scale and offset once per group; the GEMM and the dequantize kernel build fp16 weights.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# GGMLQuantizationType values (globals read by jitted code must be tl.constexpr).
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (tl.constexpr(v) for v in (2, 3, 6, 7, 8))
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (tl.constexpr(v) for v in (10, 11, 12, 13, 14))
+IQ4_NL, IQ4_XS = tl.constexpr(20), tl.constexpr(23)
+
+
+@triton.jit
+def _exact_float(q, zero: tl.constexpr):
+    """q - zero as float32 for 0 <= q < 2**23 without an int-to-float conversion instruction
+    (those run at a quarter of the FP32 rate on sm_90): the bits of 2**23 + q read as a float."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + zero)
+
+
+@triton.jit
+def _k4_scale_min(base, sub):
+    """6-bit scale and min of sub-block `sub` (0..7) from Q4_K/Q5_K's 12 packed scale bytes at `base`."""
+    low = tl.load(base + sub % 4).to(tl.int32)
+    mid = tl.load(base + sub % 4 + 4).to(tl.int32)
+    high = tl.load(base + sub % 4 + 8).to(tl.int32)
+    first = sub < 4
+    sc = tl.where(first, low & 63, (high & 0xF) | ((low >> 6) << 4))
+    mn = tl.where(first, mid & 63, (high >> 4) | ((mid >> 6) << 4))
+    return sc.to(tl.float32), mn.to(tl.float32)
+
+
+@triton.jit
+def _nibble_words(words_ptr, stride, rows, g0, G: tl.constexpr, WPC: tl.constexpr, ZERO: tl.constexpr):
+    """Nibbles of a word-interleaved plane (layout.interleave_nibbles) minus ZERO as exact floats [R, G, 32], in value order.
+
+    A chunk of 8 * WPC values is WPC int32 words; value v sits in word v % WPC at bits 4 * (v // WPC), so one
+    16-byte load gives 32 weights and consecutive values of a group come from consecutive words."""
+    CH: tl.constexpr = G * 32 // (8 * WPC)
+    r4 = rows.to(tl.int64)[:, None, None, None]
+    c4 = (g0 * 32 // (8 * WPC) + tl.arange(0, CH))[None, :, None, None]
+    w4 = tl.arange(0, WPC)[None, None, None, :]
+    words = tl.load(words_ptr + r4 * stride + c4 * WPC + w4)  # [R, CH, 1, WPC]
+    slot = tl.arange(0, 8)[None, None, :, None]
+    nib = _exact_float((words >> (slot * 4)) & 0xF, ZERO)  # [R, CH, 8, WPC]
+    return tl.reshape(nib, [rows.shape[0], G, 32])
+
+
+@triton.jit
+def _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, g0, G: tl.constexpr, QTYPE: tl.constexpr, GS: tl.constexpr):
+    """(q [R, G, GS], scale [R, G], offset [R, G]) for row indices `rows` [R] and the G groups from group g0 on."""
+    groups = g0 + tl.arange(0, G)
+    r2 = rows.to(tl.int64)[:, None]
+    r3 = r2[:, :, None]
+    g2 = groups[None, :]
+    g3 = g2[:, :, None]
+    j = tl.arange(0, GS)[None, None, :]
+    if QTYPE == Q8_0:
+        q = _exact_float(tl.load(p0 + r3 * s0 + g3 * 32 + j).to(tl.int32) + 128, 128)
+        scale = tl.load(p1 + r2 * s1 + g2).to(tl.float32)
+        offset = tl.zeros_like(scale)
+    elif QTYPE == Q4_0 or QTYPE == Q4_1:
+        q = _nibble_words(p0, s0, rows, g0, G, 4, 8 if QTYPE == Q4_0 else 0)
+        scale = tl.load(p1 + r2 * s1 + g2).to(tl.float32)
+        if QTYPE == Q4_0:
+            offset = tl.zeros_like(scale)
+        else:
+            offset = tl.load(p2 + r2 * s2 + g2).to(tl.float32)
+    elif QTYPE == Q5_0 or QTYPE == Q5_1 or QTYPE == IQ4_NL:
+        # byte i of a 32-value block holds values i (low nibble) and i + 16 (high nibble)
+        nib = (tl.load(p0 + r3 * s0 + g3 * 16 + j % 16).to(tl.int32) >> ((j // 16) * 4)) & 0xF
+        if QTYPE == IQ4_NL:
+            q = tl.load(table + nib)
+            scale = tl.load(p1 + r2 * s1 + g2).to(tl.float32)
+            offset = tl.zeros_like(scale)
+        else:
+            high = tl.load(p1 + r2 * s1 + g2)[:, :, None]  # int32: bit i is the fifth bit of value i
+            q5 = nib | (((high >> j) & 1) << 4)
+            scale = tl.load(p2 + r2 * s2 + g2).to(tl.float32)
+            if QTYPE == Q5_0:
+                q = _exact_float(q5, 16)
+                offset = tl.zeros_like(scale)
+            else:
+                q = _exact_float(q5, 0)
+                offset = tl.load(p3 + r2 * s3 + g2).to(tl.float32)
+    elif QTYPE == Q4_K or QTYPE == Q5_K:
+        if QTYPE == Q4_K:
+            q = _nibble_words(p0, s0, rows, g0, G, 8, 0)
+            dm, sc_plane, s_dm, s_sc = p1, p2, s1, s2
+        else:
+            # 8 sub-blocks of 32 per 256-block; 32 bytes of qs hold sub-blocks 2c (low nibbles) and 2c+1 (high)
+            sub3 = g3 % 8
+            nib = (tl.load(p0 + r3 * s0 + (g3 // 8) * 128 + (sub3 // 2) * 32 + j).to(tl.int32) >> ((sub3 % 2) * 4)) & 0xF
+            nib = nib | (((tl.load(p1 + r3 * s1 + (g3 // 8) * 32 + j).to(tl.int32) >> sub3) & 1) << 4)
+            q = _exact_float(nib, 0)
+            dm, sc_plane, s_dm, s_sc = p2, p3, s2, s3
+        blk = g2 // 8
+        sc, mn = _k4_scale_min(sc_plane + r2 * s_sc + blk * 12, g2 % 8)
+        d = tl.load(dm + r2 * s_dm + blk * 2).to(tl.float32)
+        dmin = tl.load(dm + r2 * s_dm + blk * 2 + 1).to(tl.float32)
+        scale = d * sc
+        offset = -dmin * mn
+    elif QTYPE == Q6_K or QTYPE == Q2_K or QTYPE == Q3_K:
+        # 16 groups of 16 per 256-block; group g of a block: half g // 8, quarter (g % 8) // 2, l = (g % 2) * 16 + j
+        g16 = g3 % 16
+        half = g16 // 8
+        quarter = (g16 % 8) // 2
+        lane = (g16 % 2) * 16 + j
+        blk3 = g3 // 16
+        blk = g2 // 16
+        if QTYPE == Q6_K:
+            low = tl.load(p0 + r3 * s0 + blk3 * 128 + half * 64 + (quarter % 2) * 32 + lane).to(tl.int32)
+            high = tl.load(p1 + r3 * s1 + blk3 * 64 + half * 32 + lane).to(tl.int32)
+            q = _exact_float(((low >> ((quarter // 2) * 4)) & 0xF) | (((high >> (quarter * 2)) & 3) << 4), 32)
+            scale = tl.load(p2 + r2 * s2 + g2).to(tl.float32) * tl.load(p3 + r2 * s3 + blk).to(tl.float32)
+            offset = tl.zeros_like(scale)
+        else:
+            two = (tl.load(p0 + r3 * s0 + blk3 * 64 + half * 32 + lane).to(tl.int32) >> (quarter * 2)) & 3
+            if QTYPE == Q2_K:
+                q = _exact_float(two, 0)
+                sc = tl.load(p1 + r2 * s1 + g2).to(tl.int32)
+                d = tl.load(p2 + r2 * s2 + blk * 2).to(tl.float32)
+                dmin = tl.load(p2 + r2 * s2 + blk * 2 + 1).to(tl.float32)
+                scale = d * (sc & 0xF).to(tl.float32)
+                offset = -dmin * (sc >> 4).to(tl.float32)
+            else:
+                # value = two - 4 unless the hmask bit (half * 4 + quarter) is set
+                hbit = (tl.load(p1 + r3 * s1 + blk3 * 32 + lane).to(tl.int32) >> (half * 4 + quarter)) & 1
+                q = _exact_float(two + 4 * hbit, 4)
+                i = g2 % 16
+                base = p2 + r2 * s2 + blk * 12
+                low4 = tl.load(base + i % 8).to(tl.int32)
+                low4 = tl.where(i < 8, low4 & 0xF, low4 >> 4)
+                high2 = (tl.load(base + 8 + i % 4).to(tl.int32) >> (2 * (i // 4))) & 3
+                scale = tl.load(p3 + r2 * s3 + blk).to(tl.float32) * ((low4 | (high2 << 4)) - 32).to(tl.float32)
+                offset = tl.zeros_like(scale)
+    else:
+        tl.static_assert(QTYPE == IQ4_XS, "unsupported QTYPE")
+        blk3 = g3 // 8
+        nib = (tl.load(p0 + r3 * s0 + blk3 * 128 + (g3 % 8) * 16 + j % 16).to(tl.int32) >> ((j // 16) * 4)) & 0xF
+        q = tl.load(table + nib)
+        blk = g2 // 8
+        ib = g2 % 8
+        low = (tl.load(p1 + r2 * s1 + blk * 4 + ib // 2).to(tl.int32) >> (4 * (ib % 2))) & 0xF
+        high = (tl.load(p2 + r2 * s2 + blk).to(tl.int32) >> (2 * ib)) & 3
+        scale = tl.load(p3 + r2 * s3 + blk).to(tl.float32) * ((low | (high << 4)) - 32).to(tl.float32)
+        offset = tl.zeros_like(scale)
+    return q, scale, offset
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr, y_ptr, N, K, stride_xm, stride_ym,
+    p0, p1, p2, p3, s0, s1, s2, s3, table,
+    QTYPE: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """y[m, n] = sum_k x[m, k] * W[n, k] with float32 x, one row m per program column (decode)."""
+    pid_n = tl.program_id(0)
+    m = tl.program_id(1).to(tl.int64)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(rn, N - 1)  # clamped: out-of-range rows compute garbage that is never stored
+    G: tl.constexpr = BLOCK_K // GS
+    acc = tl.zeros([BLOCK_N, G], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_ptr + m * stride_xm + k0 + tl.arange(0, G)[:, None] * GS + tl.arange(0, GS)[None, :])
+        q, scale, offset = _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, k0 // GS, G, QTYPE, GS)
+        acc += scale * tl.sum(q * x[None, :, :], axis=2) + offset * tl.sum(x, axis=1)[None, :]
+    tl.store(y_ptr + m * stride_ym + rn, tl.sum(acc, axis=1), mask=rn < N)
+
+
+@triton.jit
+def gemm_kernel(
+    x_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
+    p0, p1, p2, p3, s0, s1, s2, s3, table,
+    QTYPE: tl.constexpr, GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """y = x @ W.T with fp16 x (M >= 2), weights dequantized to fp16 tile by tile, fp32 accumulation on tensor cores."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(rn, N - 1)
+    G: tl.constexpr = BLOCK_K // GS
+    x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_rows + k0 + tl.arange(0, BLOCK_K)[None, :], mask=rm[:, None] < M, other=0.0)
+        q, scale, offset = _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, k0 // GS, G, QTYPE, GS)
+        w = tl.reshape(q * scale[:, :, None] + offset[:, :, None], [BLOCK_N, BLOCK_K]).to(tl.float16)
+        acc = tl.dot(x, tl.trans(w), acc)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    tl.store(y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :], acc, mask=mask)
+
+
+@triton.jit
+def dequant_kernel(
+    w_ptr, N, K,
+    p0, p1, p2, p3, s0, s1, s2, s3, table,
+    QTYPE: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """W[n, k] as fp16 (N, K), for prefill through a library matmul."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    G: tl.constexpr = BLOCK_K // GS
+    q, scale, offset = _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, tl.minimum(rn, N - 1), k0 // GS, G, QTYPE, GS)
+    w = tl.reshape(q * scale[:, :, None] + offset[:, :, None], [BLOCK_N, BLOCK_K]).to(tl.float16)
+    cols = k0 + tl.arange(0, BLOCK_K)
+    tl.store(w_ptr + rn.to(tl.int64)[:, None] * K + cols[None, :], w, mask=rn[:, None] < N)

@@ -1,0 +1,130 @@
+"""TritonLinear: y = x @ W.T on a CUDA device with W kept in its GGUF block format (as planes, see layout.py).
+
+Paths, chosen per call by the number of activation rows M (thresholds measured on an H100, docs/GPU.md):
+  M == 1            fused dequantize-GEMV (float32 activations, one pass over the weight bytes)
+  2 <= M <= GEMM_MAX_M   fused dequantize-GEMM on tensor cores (fp16 activations, fp32 accumulation)
+  M > GEMM_MAX_M    dequantize the whole weight to fp16 once per call, then the library matmul (cuBLAS)
+F16/BF16/F32 weights use the library matmul in their own dtype at every M.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from kamado.kernels.linear import FLOAT_TYPES, KernelError, QuantTensor
+from kamado.kernels.triton import kernels
+from kamado.kernels.triton.layout import GROUP_SIZE, PLANES, split_planes
+from kamado.quants.iq4 import KVALUES
+
+GEMM_MAX_M = 64
+# (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
+GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
+GEMM_CONFIG_SMALL = (16, 64, 128, 4, 3)  # M <= 16: decode batches
+GEMM_CONFIG_LARGE = (64, 128, 64, 8, 3)
+DEQUANT_CONFIG = (32, 256, 4)
+
+
+def _block_k(preferred: int, cols: int, group: int) -> int:
+    """The largest power-of-two tile width <= preferred that divides cols and holds whole scale groups."""
+    width = preferred
+    while width > group and cols % width:
+        width //= 2
+    return width
+
+
+class TritonLinear:
+    """A GGUF weight resident on a CUDA device; calling it with x (M, in) returns float32 (M, out)."""
+
+    def __init__(self, tensor: QuantTensor, device: torch.device | str = "cuda"):
+        if len(tensor.shape) != 2:
+            raise KernelError(f"tensor {tensor.name}: a linear layer needs a 2-D weight, got shape {tensor.shape}")
+        self.name = tensor.name
+        self.qtype = tensor.qtype
+        self.out_features, self.in_features = tensor.shape
+        if self.qtype in FLOAT_TYPES:
+            self.float_weight = tensor.float_view().to(device)
+            self.weight = None
+            self.device = self.float_weight.device
+            return
+        if self.qtype not in PLANES:
+            supported = ", ".join(q.name for q in (*FLOAT_TYPES, *PLANES))
+            raise KernelError(f"tensor {tensor.name}: no GPU kernel for {self.qtype.name}; supported: {supported}")
+        self.float_weight = None
+        try:
+            self.weight = split_planes(tensor.raw.to(device), self.qtype, self.in_features)
+        except ValueError as e:
+            raise KernelError(f"tensor {tensor.name}: {e}") from None
+        self.device = self.weight.planes[0].device
+        self.group = GROUP_SIZE[self.qtype]
+        if self.in_features % self.group:
+            raise KernelError(f"tensor {tensor.name}: {self.in_features} columns are not a multiple of {self.group}")
+        self.table = torch.tensor(KVALUES, dtype=torch.float32, device=self.device)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weight the device holds (what one pass of a decode step reads)."""
+        if self.float_weight is not None:
+            return self.float_weight.numel() * self.float_weight.element_size()
+        return self.weight.nbytes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise KernelError(f"tensor {self.name}: input of shape {tuple(x.shape)}, expected (M, {self.in_features})")
+        if x.device != self.device:
+            raise KernelError(f"tensor {self.name}: input on {x.device}, weight on {self.device}")
+        if self.float_weight is not None:
+            return (x.to(self.float_weight.dtype) @ self.float_weight.T).float()
+        m = x.shape[0]
+        if m == 0:
+            return x.new_zeros((0, self.out_features), dtype=torch.float32)
+        if m == 1:
+            return self.gemv(x)
+        if m <= GEMM_MAX_M:
+            return self.fused_gemm(x)
+        return (x.to(torch.float16) @ self.dequantize().T).float()
+
+    def _plane_args(self) -> list:
+        planes = list(self.weight.planes)
+        planes += [planes[0]] * (4 - len(planes))  # unused slots: any valid pointer
+        return [*planes, *(p.stride(0) for p in planes), self.table]
+
+    def gemv(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused dequantize-GEMV over each row of x (float32); the decode path."""
+        x = x.float().contiguous()
+        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32, device=x.device)
+        block_n, block_k, warps = GEMV_CONFIG
+        block_k = _block_k(block_k, self.in_features, self.group)
+        grid = (triton.cdiv(self.out_features, block_n), x.shape[0])
+        kernels.gemv_kernel[grid](
+            x, y, self.out_features, self.in_features, x.stride(0), y.stride(0), *self._plane_args(),
+            QTYPE=int(self.qtype), GS=self.group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        )  # fmt: skip
+        return y
+
+    def fused_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused dequantize-GEMM on tensor cores (fp16 inputs, fp32 accumulation)."""
+        x = x.to(torch.float16).contiguous()
+        m = x.shape[0]
+        y = torch.empty(m, self.out_features, dtype=torch.float32, device=x.device)
+        block_m, block_n, block_k, warps, stages = GEMM_CONFIG_SMALL if m <= 16 else GEMM_CONFIG_LARGE
+        block_k = _block_k(block_k, self.in_features, max(self.group, 16))
+        grid = (triton.cdiv(self.out_features, block_n), triton.cdiv(m, block_m))
+        kernels.gemm_kernel[grid](
+            x, y, m, self.out_features, self.in_features, x.stride(0), y.stride(0), *self._plane_args(),
+            QTYPE=int(self.qtype), GS=self.group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+        return y
+
+    def dequantize(self) -> torch.Tensor:
+        """The whole weight as fp16 (out, in), on the device."""
+        w = torch.empty(self.out_features, self.in_features, dtype=torch.float16, device=self.device)
+        block_n, block_k, warps = DEQUANT_CONFIG
+        block_k = _block_k(block_k, self.in_features, self.group)
+        grid = (triton.cdiv(self.out_features, block_n), self.in_features // block_k)
+        kernels.dequant_kernel[grid](
+            w, self.out_features, self.in_features, *self._plane_args(),
+            QTYPE=int(self.qtype), GS=self.group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        )  # fmt: skip
+        return w
