@@ -12,7 +12,7 @@ from kamado.gguf import GGML_BLOCK_SIZES, GGUFError
 from kamado.quantize.ftypes import FILE_TYPES, parse_file_type, parse_tensor_type
 from kamado.quantize.model import Imatrix, QuantizeError, parse_override, quantize_model
 from kamado.quantize.rules import Options
-from kamado.quants import QuantError
+from kamado.quants import ImatrixError, QuantError, load_imatrix
 
 
 def type_list() -> str:
@@ -60,18 +60,16 @@ def _tensor_type(flag: str, text: str):
     return qtype
 
 
-def load_imatrix(path: str, include: list[str], exclude: list[str]) -> Imatrix:
-    from kamado.quants.imatrix import imatrix_provenance, read_imatrix
-
+def imatrix_for(path: str, include: list[str], exclude: list[str]) -> Imatrix:
+    """The imatrix file, keeping only the tensors --include-weights / --exclude-weights select (substring match)."""
     if not Path(path).exists():
         fail(f"imatrix file not found: {path}")
-    weights = read_imatrix(path)
+    data = load_imatrix(path)
     if exclude:
-        weights = {k: v for k, v in weights.items() if not any(x in k for x in exclude)}
+        data.weights = {k: v for k, v in data.weights.items() if not any(x in k for x in exclude)}
     if include:
-        weights = {k: v for k, v in weights.items() if any(x in k for x in include)}
-    datasets, chunks = imatrix_provenance(path)
-    return Imatrix(weights, path, datasets, chunks)
+        data.weights = {k: v for k, v in data.weights.items() if any(x in k for x in include)}
+    return Imatrix(data, path)
 
 
 def parse_positionals(args: list[str]):
@@ -119,13 +117,13 @@ def main(argv: list[str]) -> int:
         fail("--keep-split is not supported yet")
     try:
         overrides = [parse_override(o) for o in a.override_kv]
-        imatrix = load_imatrix(a.imatrix, a.include_weights, a.exclude_weights) if a.imatrix else None
+        imatrix = imatrix_for(a.imatrix, a.include_weights, a.exclude_weights) if a.imatrix else None
         bar = _progress_bar()
         summary = quantize_model(inp, out, opts, allow_requantize=a.allow_requantize, imatrix=imatrix, overrides=overrides,
                                  nthreads=nthreads, dry_run=a.dry_run, progress=bar.update if bar else None)
         if bar:
             bar.close()
-    except (GGUFError, QuantizeError, QuantError) as e:
+    except (GGUFError, QuantizeError, QuantError, ImatrixError) as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot write {out}: {e.strerror or e}")

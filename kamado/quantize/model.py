@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy as np
 from kamado.gguf import GGUFReader, GGUFValueType, GGUFWriter
 from kamado.gguf.constants import GGMLQuantizationType as T
 from kamado.quantize.rules import UNQUANTIZED, ModelShape, Options, TypeChooser, requires_imatrix
-from kamado.quants import dequantize, quantize, row_bytes
+from kamado.quants import ImatrixFile, dequantize, quantize, row_bytes, set_num_threads
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 
@@ -31,12 +30,10 @@ class QuantizeError(ValueError):
 
 @dataclass
 class Imatrix:
-    """Per-tensor importance weights (what llama-quantize passes to its quantizers) and where they came from."""
+    """The importance weights passed to the quantizers, and the file name as given (llama-quantize records it)."""
 
-    weights: dict[str, np.ndarray]
-    file: str  # as given on the command line: llama-quantize records it verbatim
-    datasets: list[str] = field(default_factory=list)
-    chunk_count: int = 0
+    data: ImatrixFile
+    file: str
 
 
 @dataclass
@@ -89,20 +86,12 @@ def parse_override(text: str) -> Override:
 
 def _imatrix_overrides(im: Imatrix) -> list[Override]:
     out = [Override("quantize.imatrix.file", GGUFValueType.STRING, im.file[:127])]
-    if im.datasets:
-        out.append(Override("quantize.imatrix.dataset", GGUFValueType.STRING, im.datasets[0][:127]))
-    out.append(Override("quantize.imatrix.entries_count", GGUFValueType.UINT32, len(im.weights)))
-    if im.chunk_count > 0:
-        out.append(Override("quantize.imatrix.chunks_count", GGUFValueType.UINT32, im.chunk_count))
+    if im.data.datasets:
+        out.append(Override("quantize.imatrix.dataset", GGUFValueType.STRING, im.data.datasets[0][:127]))
+    out.append(Override("quantize.imatrix.entries_count", GGUFValueType.UINT32, len(im.data.weights)))
+    if im.data.chunk_count > 0:
+        out.append(Override("quantize.imatrix.chunks_count", GGUFValueType.UINT32, im.data.chunk_count))
     return out
-
-
-def _quantize_rows(rows: np.ndarray, qtype: T, imatrix: np.ndarray | None, pool: ThreadPoolExecutor | None) -> np.ndarray:
-    """Quantize a (n_rows, n) matrix; rows are independent, so chunks may run on several threads."""
-    if pool is None or len(rows) < 64:
-        return quantize(rows, qtype, imatrix)
-    chunks = np.array_split(rows, min(len(rows) // 32, pool._max_workers * 4))
-    return np.concatenate(list(pool.map(lambda c: quantize(c, qtype, imatrix), chunks)))
 
 
 def quantize_model(
@@ -121,14 +110,15 @@ def quantize_model(
     start = time.perf_counter()
     reader = GGUFReader(inp)
     tensors = list(reader.tensors.values())
-    opts.has_imatrix = bool(imatrix and imatrix.weights)
+    weights = imatrix.data.weights if imatrix else {}
+    opts.has_imatrix = bool(weights)
     chooser = TypeChooser(ModelShape.from_metadata(reader.metadata), [t.name for t in tensors], opts)
     plan = [(t, chooser.choose(t.name, t.shape, t.type)) for t in tensors]
 
     for t, new in plan:
         if new == t.type:
             continue
-        if requires_imatrix(t.name, new, opts.file_type) and not (opts.has_imatrix and t.name in imatrix.weights) and not dry_run:
+        if requires_imatrix(t.name, new, opts.file_type) and t.name not in weights and not dry_run:
             raise QuantizeError(f"tensor {t.name} would be {new.name} in a {opts.file_type.name} file, which needs an importance "
                                 "matrix (--imatrix)")
         if t.type not in UNQUANTIZED and not allow_requantize:
@@ -144,8 +134,8 @@ def quantize_model(
         summary.seconds = time.perf_counter() - start
         return summary
 
-    nthreads = nthreads if nthreads > 0 else (os.cpu_count() or 1)
-    pool = ThreadPoolExecutor(nthreads) if nthreads > 1 else None
+    if nthreads > 0:
+        set_num_threads(nthreads)
     writer = GGUFWriter(out, alignment=reader.alignment)
     writer.add_fields_from(reader.fields)
     writer.add_field("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32)
@@ -162,29 +152,25 @@ def quantize_model(
                 return t.raw
             src = t.raw.reshape(-1, t.raw.shape[-1])
             n = t.shape[-1]
-            weights = imatrix.weights.get(t.name) if opts.has_imatrix else None
+            column_weights = weights.get(t.name)
             n_mat = t.shape[-2]  # rows per matrix; 3-D tensors hold one matrix per expert
             n_exp = len(src) // n_mat
-            if weights is not None and weights.size != n * n_exp:
+            if column_weights is not None and column_weights.size != n * n_exp:
                 if t.name != "token_embd.weight":
-                    raise QuantizeError(f"imatrix for {t.name} has {weights.size} values, the tensor needs {n * n_exp}")
-                weights = None
+                    raise QuantizeError(f"imatrix for {t.name} has {column_weights.size} values, the tensor needs {n * n_exp}")
+                column_weights = None
             parts = []
             for e in range(n_exp):
                 rows = src[e * n_mat : (e + 1) * n_mat]
                 f32 = rows.view(np.float32) if t.type == T.F32 else dequantize(rows, t.type)
-                w = weights[e * n : (e + 1) * n] if weights is not None else None
-                parts.append(_quantize_rows(f32, new, w, pool))
+                w = column_weights[e * n : (e + 1) * n] if column_weights is not None else None
+                parts.append(quantize(f32, new, w))
             return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
         return make
 
     for i, (t, new) in enumerate(plan):
         writer.add_tensor(t.name, new, t.shape, producer(i, t, new))
-    try:
-        summary.outputs = writer.write()
-    finally:
-        if pool:
-            pool.shutdown()
+    summary.outputs = writer.write()
     summary.seconds = time.perf_counter() - start
     return summary

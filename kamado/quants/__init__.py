@@ -19,7 +19,7 @@ import numpy as np
 
 from kamado.gguf.constants import GGML_BLOCK_SIZES, GGMLQuantizationType
 from kamado.quants import floats, iq4, iquants, kquants, legacy, mxfp4, ternary
-from kamado.quants.imatrix import read_imatrix
+from kamado.quants.imatrix import ImatrixError, ImatrixFile, load_imatrix, read_imatrix
 
 _FAMILIES = (floats, legacy, kquants, iq4, iquants, ternary, mxfp4)
 DEQUANTIZE = {q: f for m in _FAMILIES for q, f in m.DEQUANTIZE.items()}
@@ -52,10 +52,19 @@ def row_bytes(qtype, n_per_row: int) -> int:
 _CHUNK_VALUES = 1 << 18
 
 
+_threads = {"n": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1}
+
+
+def set_num_threads(n: int) -> None:
+    """Threads that quantize/dequantize use from now on (default: every core this process may run on)."""
+    if n < 1:
+        raise QuantError(f"thread count must be at least 1, got {n}")
+    _threads["n"] = n
+
+
 @cache
-def _pool() -> ThreadPoolExecutor:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return ThreadPoolExecutor(max_workers=cores, thread_name_prefix="kamado-quants")
+def _pool(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="kamado-quants")
 
 
 def _map_row_chunks(row_fn, rows: np.ndarray, out: np.ndarray, values_per_row: int) -> np.ndarray:
@@ -70,11 +79,11 @@ def _map_row_chunks(row_fn, rows: np.ndarray, out: np.ndarray, values_per_row: i
         with np.errstate(all="ignore"):
             out[a:b] = row_fn(rows[a:b])
 
-    if len(spans) <= 1:
+    if len(spans) <= 1 or _threads["n"] == 1:
         for span in spans:
             run(span)
     else:
-        list(_pool().map(run, spans))
+        list(_pool(_threads["n"]).map(run, spans))
     return out
 
 
@@ -123,4 +132,7 @@ def dequantize_torch(data, qtype):
     return out.reshape(*data.shape[:-1], n)
 
 
-__all__ = ["QuantError", "dequantize", "dequantize_torch", "quantize", "read_imatrix", "row_bytes"]
+__all__ = [
+    "ImatrixError", "ImatrixFile", "QuantError", "dequantize", "dequantize_torch", "load_imatrix", "quantize", "read_imatrix",
+    "row_bytes", "set_num_threads",
+]

@@ -30,7 +30,8 @@ def f32_to_f16_bits(x: np.ndarray) -> np.ndarray:
 def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bit patterns (uint16), as ggml_compute_fp32_to_bf16."""
     u = np.asarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u.astype(np.uint64) + (np.uint64(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint64(16)).astype(np.uint16)
+    # uint32 cannot overflow here: only NaN bit patterns come near 2^32, and those are replaced below.
+    rounded = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype(np.uint16)
     nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     if nan.any():
         quiet = ((u >> np.uint32(16)) | np.uint32(64)).astype(np.uint16)

@@ -13,6 +13,7 @@ values[e * n_per_row:(e + 1) * n_per_row], as llama-quantize does.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,17 @@ class ImatrixError(ValueError):
     """An imatrix file is malformed; the message names the file and the entry."""
 
 
-def read_imatrix(path) -> dict[str, np.ndarray]:
-    """Per-column importance weights (float32) for each weight name in a GGUF or legacy .dat imatrix file."""
+@dataclass
+class ImatrixFile:
+    """An imatrix file's weights and where they came from (llama-quantize records both in its output)."""
+
+    weights: dict[str, np.ndarray]
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+
+
+def load_imatrix(path) -> ImatrixFile:
+    """Weights, datasets and chunk count of a GGUF or legacy .dat imatrix file."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -38,7 +48,12 @@ def read_imatrix(path) -> dict[str, np.ndarray]:
     return _read_gguf(path) if magic == GGUF_MAGIC else _read_legacy(path)
 
 
-def _read_gguf(path: Path) -> dict[str, np.ndarray]:
+def read_imatrix(path) -> dict[str, np.ndarray]:
+    """Per-column importance weights (float32) for each weight name in a GGUF or legacy .dat imatrix file."""
+    return load_imatrix(path).weights
+
+
+def _read_gguf(path: Path) -> ImatrixFile:
     try:
         reader = GGUFReader(path)
     except GGUFError as e:
@@ -64,7 +79,8 @@ def _read_gguf(path: Path) -> dict[str, np.ndarray]:
         values[name] = _normalise(path, name, sums[name], counts[name])
     if not values:
         raise ImatrixError(f"{path}: GGUF imatrix holds no in_sum2/counts tensors")
-    return values
+    datasets = reader.get("imatrix.datasets")
+    return ImatrixFile(values, [str(d) for d in datasets] if isinstance(datasets, list) else [], int(reader.get("imatrix.chunk_count")))
 
 
 def _normalise(path: Path, name: str, in_sum2: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -100,7 +116,7 @@ class _Cursor:
         return struct.unpack("<i", self.take(4, what))[0]
 
 
-def _read_legacy(path: Path) -> dict[str, np.ndarray]:
+def _read_legacy(path: Path) -> ImatrixFile:
     data = path.read_bytes()
     cur = _Cursor(path, data)
     n_entries = cur.int32("the entry count")
@@ -119,5 +135,10 @@ def _read_legacy(path: Path) -> dict[str, np.ndarray]:
             raise ImatrixError(f"{path}: entry {i} ({name}) has {nval} values")
         sums = np.frombuffer(cur.take(4 * nval, f"entry {i} ({name}) values"), dtype="<f4")
         values[name] = (sums / np.float32(ncall) if ncall > 0 else sums).astype(np.float32)
-    # What follows (chunk count, dataset name) is optional and does not change the weights.
-    return values
+    # What follows (chunk count, then the dataset's name) is optional: older files end here.
+    chunks, datasets = 0, []
+    if cur.remaining() >= 4:
+        chunks = cur.int32("the chunk count")
+        if cur.remaining() >= 4:
+            datasets = [cur.take(cur.int32("the dataset name length"), "the dataset name").decode("utf-8", errors="replace")]
+    return ImatrixFile(values, datasets, chunks)

@@ -85,11 +85,12 @@ def rounded_levels(v: np.ndarray, lo: int, hi: int, bound: np.ndarray) -> np.nda
 def make_qx_quants(x: np.ndarray, nmax: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """make_qx_quants(n, nmax, x, L, rmse_type=1, w) over columns: returns (scale (S,), L (n, S) in [0, 2*nmax))."""
     amax, vmax = first_absmax(x)
+    zero = amax < GROUP_MAX_EPS
     wx = w * x
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
 
-        def levels(iscale):
-            return rounded_levels(iscale * x, -nmax, nmax - 1, np.abs(iscale) * amax)
+        def levels(iscale):  # all-zero columns are discarded: they must not force the slow exact path
+            return rounded_levels(iscale * x, -nmax, nmax - 1, np.where(zero, F32(0), np.abs(iscale) * amax))
 
         def try_scale(iscale):
             lf = levels(iscale)
@@ -110,7 +111,6 @@ def make_qx_quants(x: np.ndarray, nmax: int, w: np.ndarray) -> tuple[np.ndarray,
             scale = np.where(better, sumlx / suml2, scale)
             best = np.where(better, scale * sumlx, best)
         L = levels(best_iscale).astype(np.int32) + nmax  # the levels of the winning candidate, recomputed once
-    zero = amax < GROUP_MAX_EPS
     return np.where(zero, F32(0), scale), np.where(zero, 0, L)
 
 

@@ -90,29 +90,43 @@ def _make_qx_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray
     """ggml make_qx_quants(n=32, nmax, x, L, rmse_type=1, qw=w) for every block at once.
 
     x, w: (32, blocks). Returns (scale per block, L (32, blocks) uint8 in 0..2*nmax-1).
+    Each block's L is a function of the scale it was tried with, so only the winning scale is tracked and
+    L is computed once at the end.
     """
     signed_max = _first_absmax(x, axis=0)
     all_zero = np.abs(signed_max) < GROUP_MAX_EPS
     safe_max = np.where(all_zero, F32(1), signed_max)
     wx = w * x
+    level, term = np.empty_like(x), np.empty_like(x)
+
+    def levels(iscale, out):
+        np.multiply(iscale, x, out=out)
+        np.rint(out, out=out)
+        np.maximum(out, F32(-nmax), out=out)
+        return np.minimum(out, F32(nmax - 1), out=out)
 
     def attempt(iscale):
-        level = np.clip(np.rint(iscale * x), -nmax, nmax - 1)
-        return level, _sum_in_order(wx * level), _sum_in_order(w * level * level)
+        levels(iscale, level)
+        sumlx = _sum_in_order(np.multiply(wx, level, out=term))
+        np.multiply(w, level, out=term)
+        return sumlx, _sum_in_order(np.multiply(term, level, out=term))
 
     with np.errstate(divide="ignore", invalid="ignore"):
-        level, sumlx, suml2 = attempt(F32(-nmax) / safe_max)
+        best_iscale = F32(-nmax) / safe_max
+        sumlx, suml2 = attempt(best_iscale)
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
         best = scale * sumlx
         for step in range(-9, 10):
             if step == 0:
                 continue
-            trial, sumlx, suml2 = attempt(-(F32(nmax) + F32(0.1) * F32(step)) / safe_max)
+            iscale = -(F32(nmax) + F32(0.1) * F32(step)) / safe_max
+            sumlx, suml2 = attempt(iscale)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            level = np.where(better, trial, level)
+            best_iscale = np.where(better, iscale, best_iscale)
             scale = np.where(better, sumlx / suml2, scale)
             best = np.where(better, scale * sumlx, best)
-    level = np.where(all_zero, F32(-nmax), level)
+    levels(best_iscale, level)
+    level[:, all_zero] = F32(-nmax)
     scale = np.where(all_zero, F32(0), scale)
     return scale, (level + F32(nmax)).astype(np.uint8)
 
@@ -121,6 +135,7 @@ def _make_qkx3_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarr
     """ggml make_qkx3_quants(n=32, nmax, x, w, rmin=-0.9, rdelta=0.05, nstep=36, use_mad=false) for every block.
 
     x, w: (32, blocks). Returns (scale, min, L): ggml's `the_min` is -min; L (32, blocks) uint8 in 0..nmax.
+    As in _make_qx_quants, L is recomputed at the end from the (iscale, min) pair it was tried with.
     """
     rmin, rdelta, nstep = F32(-0.9), F32(0.05), 36
     fmax = F32(nmax)
@@ -130,37 +145,52 @@ def _make_qkx3_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarr
     sum_x = _sum_in_order(w * x)
     lo = np.where(lo > 0, F32(0), lo)
     flat = hi <= lo
+    level, wl, term = np.empty_like(x), np.empty_like(x), np.empty_like(x)
 
-    def weighted_error(scale, minimum, level):
-        diff = scale * level + minimum - x
-        return _sum_in_order(w * (diff * diff))
+    def levels(iscale, minimum, out):
+        # ggml: v = iscale*(x - min); l = v > 0 ? nearest_int(MIN(v, nmax)) : 0 (the first pass clamps to
+        # 0..nmax instead, which gives the same levels because x - min >= 0 there).
+        np.subtract(x, minimum, out=out)
+        out *= iscale
+        np.copyto(out, F32(0), where=~(out > 0))
+        np.minimum(out, fmax, out=out)
+        return np.rint(out, out=out)
+
+    def weighted_error(scale, minimum):
+        np.multiply(scale, level, out=term)
+        np.add(term, minimum, out=term)
+        np.subtract(term, x, out=term)
+        np.multiply(term, term, out=term)
+        return _sum_in_order(np.multiply(w, term, out=term))
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = fmax / (hi - lo)
         scale = F32(1) / iscale
-        level = np.clip(np.rint(iscale * (x - lo)), 0, nmax)
-        best_mad = weighted_error(scale, lo, level)
+        best_iscale, best_lo = iscale, lo
+        levels(iscale, lo, level)
+        best_mad = weighted_error(scale, lo)
         for step in range(nstep + 1):
             iscale = (rmin + rdelta * F32(step) + fmax) / (hi - lo)
-            v = iscale * (x - lo)
-            trial = np.where(v > 0, np.rint(np.where(v < fmax, v, fmax)), F32(0))
-            wl = w * trial
+            levels(iscale, lo, level)
+            np.multiply(w, level, out=wl)
             sum_l = _sum_in_order(wl)
-            sum_l2 = _sum_in_order(wl * trial)
-            sum_xl = _sum_in_order(wl * x)
+            sum_l2 = _sum_in_order(np.multiply(wl, level, out=term))
+            sum_xl = _sum_in_order(np.multiply(wl, x, out=term))
             det = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
             positive = this_min > 0
             this_min = np.where(positive, F32(0), this_min)
             this_scale = np.where(positive, sum_xl / sum_l2, this_scale)
-            mad = weighted_error(this_scale, this_min, trial)
+            mad = weighted_error(this_scale, this_min)
             better = (det > 0) & (mad < best_mad) & ~flat
-            level = np.where(better, trial, level)
+            best_iscale = np.where(better, iscale, best_iscale)
+            best_lo = np.where(better, lo, best_lo)
             best_mad = np.where(better, mad, best_mad)
             scale = np.where(better, this_scale, scale)
             lo = np.where(better, this_min, lo)
-    level = np.where(flat, F32(0), level)
+    levels(best_iscale, best_lo, level)
+    level[:, flat] = F32(0)
     scale = np.where(flat, F32(0), scale)
     return scale, lo, level.astype(np.uint8)
 

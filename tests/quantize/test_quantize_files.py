@@ -17,7 +17,7 @@ from tests.realmodels import SHARED
 REFERENCE_FILES = sorted(reference.hashes(SHARED)) if (SHARED / "reference").is_dir() else []
 # A few files that cover copies, legacy, k-quant mixtures, imatrix (both formats) and the flags, kept in
 # the fast suite; the rest run with -m slow.
-FAST = {"out-Q8_0.gguf", "out-Q3_K_M-ott.gguf", "f16-out-Q4_0.gguf"}
+FAST = {"out-Q8_0.gguf", "out-Q4_K_M-imatrix.gguf", "out-Q6_K-imatrix-dat.gguf", "out-Q3_K_M-ott.gguf", "f16-out-Q4_0.gguf"}
 
 
 def run_quantize(src, out, qtype, flags, cwd):
@@ -52,6 +52,8 @@ def check_file(path, expected):
         value = value.tolist() if hasattr(value, "tolist") else value
         assert value == pytest.approx(want) if isinstance(want, float) else value == want, key
     assert [k for k in meta if k in expected["metadata"]] == list(expected["metadata"]), "metadata order differs"
+    # Beyond the tensors and metadata: the whole file is byte-identical to llama-quantize's.
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == expected["file_sha256"]
 
 
 @pytest.mark.realmodel

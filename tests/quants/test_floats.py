@@ -18,7 +18,8 @@ def test_f16_rounds_to_nearest_even_like_ieee():
     x[0, :6] = [65504.0, 65520.0, 1e-8, -6e-8, np.inf, -np.inf]  # max, overflow to inf, subnormal, underflow
     out = quantize(x, Q.F16)
     assert out.dtype == np.uint8 and out.shape == (8, 128)
-    assert np.array_equal(out.view(np.float16), x.astype(np.float16))
+    with np.errstate(over="ignore"):
+        assert np.array_equal(out.view(np.float16), x.astype(np.float16))
 
 
 def test_f16_ties_round_to_even():

@@ -99,3 +99,13 @@ def test_quantize_matches_llama_quantize(shared, llamacpp_hashes, source_tensor,
     imatrix = imatrix_for(shared, file_name)
     q = quantize(x, type_name, None if imatrix is None else imatrix[name])
     assert hashlib.sha256(q.tobytes()).hexdigest() == expected["sha256"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", IQ4, ids=lambda q: q.name)
+def test_torch_twin_on_cuda_matches_numpy(qtype):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    raw = random_blocks(np.random.default_rng(35), qtype, blocks_per_row=4)
+    with np.errstate(all="ignore"):
+        assert_same_floats(dequantize_torch(torch.from_numpy(raw).cuda(), qtype).cpu().numpy(), dequantize(raw, qtype))

@@ -151,3 +151,13 @@ def test_dequantize_real_tensors_matches_gguf(gemma_path):
         assert info.type in (Q.Q4_K, Q.Q6_K)
         assert_same_floats(dequantize(raw, info.type), reference_dequantize(raw, info.type))
         assert_same_floats(dequantize_torch(torch.from_numpy(raw.copy()), info.type).numpy(), dequantize(raw, info.type))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", [*KQUANTS, Q.Q8_K], ids=lambda q: q.name)
+def test_torch_twin_on_cuda_matches_numpy(qtype):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    raw = random_blocks(np.random.default_rng(26), qtype, blocks_per_row=3)
+    with np.errstate(all="ignore"):
+        assert_same_floats(dequantize_torch(torch.from_numpy(raw).cuda(), qtype).cpu().numpy(), dequantize(raw, qtype))

@@ -7,7 +7,7 @@ and compare sha256 with llama-quantize's. Sources (see the reference README):
 - `f16-out-*`: the F16 file llama-quantize made from it, which kamado makes here itself (quantize to F16;
   the `out-F16.gguf` case checks those bytes) and reads back to float32.
 llama-quantize passes an imatrix to the quantizer for a tensor when the imatrix has an entry of the row's
-length for that name. Cases are (file, target type); the fast run checks the first two tensors of each
+length for that name. Cases are (file, target type); the fast run checks the two smallest tensors of each
 case (token_embd excepted), the slow run every tensor. Identical work (same source, tensor, type and
 imatrix) is done once per session.
 """
@@ -54,15 +54,15 @@ def _cases() -> list[tuple[str, str, tuple[str, ...]]]:
     cases = []
     for file, info in reference.items():
         source_types = f16_types if file.startswith("f16-") else gemma_types
-        by_type: dict[str, list[str]] = {}
+        by_type: dict[str, list[tuple[int, str]]] = {}
         for t in info["tensors"]:
             if t["type"] != source_types[t["name"]]:
-                by_type.setdefault(t["type"], []).append(t["name"])
-        cases += [(file, qtype, tuple(names)) for qtype, names in by_type.items()]
+                by_type.setdefault(t["type"], []).append((int(np.prod(t["shape"])), t["name"]))
+        cases += [(file, qtype, tuple(name for _, name in sorted(sized))) for qtype, sized in by_type.items()]
     return cases
 
 
-CASES = _cases()
+CASES = _cases()  # tensor names smallest first
 FAST_CASES = [(f, q, tuple(n for n in names if n != "token_embd.weight")[:FAST_TENSORS]) for f, q, names in CASES]
 FAST_CASES = [c for c in FAST_CASES if c[2]]
 
