@@ -113,14 +113,12 @@ def main(argv: list[str]) -> int:
             opts.tensor_types.append((re.compile(pattern.lower()), _tensor_type("--tensor-type", tname)))
         except re.error as e:
             fail(f"--tensor-type {spec!r}: bad pattern: {e}")
-    if a.keep_split:
-        fail("--keep-split is not supported yet")
     try:
         overrides = [parse_override(o) for o in a.override_kv]
         imatrix = imatrix_for(a.imatrix, a.include_weights, a.exclude_weights) if a.imatrix else None
         bar = _progress_bar()
         summary = quantize_model(inp, out, opts, allow_requantize=a.allow_requantize, imatrix=imatrix, overrides=overrides,
-                                 nthreads=nthreads, dry_run=a.dry_run, progress=bar.update if bar else None)
+                                 nthreads=nthreads, keep_split=a.keep_split, dry_run=a.dry_run, progress=bar.update if bar else None)
         if bar:
             bar.close()
     except (GGUFError, QuantizeError, QuantError, ImatrixError) as e:

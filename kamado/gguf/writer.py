@@ -174,9 +174,19 @@ class GGUFWriter:
 
     # ---- output ---------------------------------------------------------------------------------
 
-    def write(self, split_max_size: int | None = None, split_max_tensors: int | None = None) -> list[Path]:
-        """Write the file (or shards NAME-0000i-of-0000N.gguf) atomically; returns the paths written."""
-        shards = self._plan_shards(split_max_size, split_max_tensors)
+    def write(self, split_max_size: int | None = None, split_max_tensors: int | None = None,
+              shard_tensor_counts: list[int] | None = None) -> list[Path]:
+        """Write the file (or shards NAME-0000i-of-0000N.gguf) atomically; returns the paths written.
+
+        shard_tensor_counts cuts the shards explicitly (tensors in order), e.g. to keep an input's split."""
+        if shard_tensor_counts is not None:
+            if sum(shard_tensor_counts) != len(self._tensors) or min(shard_tensor_counts, default=0) < 1:
+                raise GGUFError(f"{self.path}: shard_tensor_counts {shard_tensor_counts} do not cover the {len(self._tensors)} tensors")
+            tensors = list(self._tensors.values())
+            bounds = np.cumsum([0, *shard_tensor_counts])
+            shards = [tensors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        else:
+            shards = self._plan_shards(split_max_size, split_max_tensors)
         if len(shards) == 1:
             targets = [self.path]
         else:

@@ -103,6 +103,7 @@ def quantize_model(
     imatrix: Imatrix | None = None,
     overrides: list[Override] = (),
     nthreads: int = 0,
+    keep_split: bool = False,
     dry_run: bool = False,
     progress=None,
 ) -> Summary:
@@ -171,6 +172,8 @@ def quantize_model(
 
     for i, (t, new) in enumerate(plan):
         writer.add_tensor(t.name, new, t.shape, producer(i, t, new))
-    summary.outputs = writer.write()
+    # --keep-split: the output shards hold the same tensors as the input's (tensors are in shard order).
+    shard_counts = [sum(t.path == shard.path for t in tensors) for shard in reader.shards] if keep_split else None
+    summary.outputs = writer.write(shard_tensor_counts=shard_counts)
     summary.seconds = time.perf_counter() - start
     return summary
