@@ -1,0 +1,68 @@
+"""`kamado imatrix`: llama-imatrix's statistics, files and command line."""
+
+import numpy as np
+import pytest
+import torch
+
+from kamado.cli.imatrix import main as imatrix_main
+from kamado.gguf import GGUFReader
+from kamado.quantize.imatrix import Collector, attach, compute_imatrix, write_dat, write_gguf
+from kamado.quants import load_imatrix
+from tests.models.tiny import tiny_model
+
+
+class Spy:
+    """Keeps every input a linear layer receives (and looks like that layer to attach())."""
+
+    def __init__(self, linear):
+        self.linear, self.tensor, self.seen = linear, linear.tensor, []
+
+    def __call__(self, x):
+        self.seen.append(x.clone())
+        return self.linear(x)
+
+
+def test_collector_sums_squares_of_each_linear_input():
+    model = tiny_model("qwen2", backend="reference")
+    spy = model.layers[1].down = Spy(model.layers[1].down)
+    result = compute_imatrix(model, list(range(1, 33)), n_ctx=16, bos_id=1)
+    e = result.collector.entries["blk.1.ffn_down.weight"]
+    assert result.chunk_count == 2 and e.counts.tolist() == [32]
+    seen = torch.cat(spy.seen).double()
+    np.testing.assert_allclose(e.values[0], (seen**2).sum(0).numpy(), rtol=1e-12)
+    assert sorted(result.collector.entries) == sorted(f"blk.{i}.{n}.weight" for i in range(2) for n in
+                                                     ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
+    assert attach(tiny_model("qwen2", backend="reference"), Collector()) == 14  # token_embd / output are not blk.*
+
+
+def test_files_round_trip_through_the_quantizer_reader(tmp_path):
+    model = tiny_model("qwen2", backend="reference")
+    result = compute_imatrix(model, list(range(2, 50)), n_ctx=16, bos_id=1)
+    write_gguf(result, tmp_path / "m.gguf", ["data.txt"])
+    write_dat(result, tmp_path / "m.dat", "data.txt")
+    g, d = load_imatrix(tmp_path / "m.gguf"), load_imatrix(tmp_path / "m.dat")
+    assert g.datasets == d.datasets == ["data.txt"] and g.chunk_count == d.chunk_count == 3
+    for name, e in result.collector.entries.items():
+        want = (e.values[0] / e.counts[0]).astype(np.float32)
+        np.testing.assert_allclose(g.weights[name], want, rtol=1e-6)
+        np.testing.assert_allclose(d.weights[name], want, rtol=1e-6)
+    r = GGUFReader(tmp_path / "m.gguf")
+    assert r.get("general.type") == "imatrix" and r.get("imatrix.chunk_size") == 16
+
+
+def test_bad_input_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        imatrix_main(["-m", str(tmp_path / "none.gguf"), "-f", str(tmp_path / "t.txt")])
+    assert e.value.code == 1 and "model file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_gemma_imatrix_matches_llama_imatrix(shared, gemma_path, tmp_path):
+    out = tmp_path / "imatrix.gguf"
+    torch.manual_seed(0)
+    assert imatrix_main(["-m", str(gemma_path), "-f", str(shared / "seeds" / "001_3eca53226205c1ab.txt"), "-c", "256", "-o", str(out)]) == 0
+    ours, ref = GGUFReader(out), GGUFReader(shared / "reference" / "imatrix-seed001.gguf")
+    assert list(ours.tensors) == list(ref.tensors)
+    for name, t in ref.tensors.items():
+        np.testing.assert_allclose(np.asarray(ours.tensors[name].raw).view("<f4"), np.asarray(t.raw).view("<f4"), rtol=1e-3, err_msg=name)
