@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kamado.cli.common import CommandParser
 from kamado.convert import ConvertError
 from kamado.convert.converter import DEFAULT_OUTTYPE, OUTTYPES, plan, supported_architectures, write
 from kamado.gguf.constants import GGML_BLOCK_SIZES
@@ -27,7 +28,7 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kamado convert", description="Convert a Hugging Face checkpoint folder to GGUF "
+    p = CommandParser(prog="kamado convert", description="Convert a Hugging Face checkpoint folder to GGUF "
                                 f"(supported: {', '.join(supported_architectures())}).")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="folder with config.json, weights and tokenizer files")
     p.add_argument("--outfile", help="output file or folder; may contain {ftype} (default: NAME-SIZE-TYPE.gguf in MODEL_DIR)")

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from kamado.cli.common import fail
+from kamado.cli.common import CommandParser, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kamado imatrix", allow_abbrev=False,
+    p = CommandParser(prog="kamado imatrix", allow_abbrev=False,
                                 description="Compute an importance matrix for quantization, like llama-imatrix.")
     p.add_argument("-m", "--model", required=True, help="GGUF model to run")
     p.add_argument("-f", "--file", required=True, help="text to run through the model (the calibration data)")

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from kamado.cli.common import fail
+from kamado.cli.common import CommandParser, fail
 from kamado.gguf import GGUFError, GGUFReader, GGUFValueType
 
 MAX_ITEMS = 6  # array elements shown before "..."
@@ -21,7 +21,7 @@ MAX_CHARS = 80  # characters of a string value shown before "..."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kamado info", description="Print the metadata and tensor table of a GGUF file (like gguf-dump).")
+    p = CommandParser(prog="kamado info", description="Print the metadata and tensor table of a GGUF file (like gguf-dump).")
     p.add_argument("model", help="GGUF file (for a split model, any of its NAME-0000i-of-0000N.gguf shards)")
     p.add_argument("--no-tensors", action="store_true", help="print the header and metadata only")
     return p
