@@ -10,7 +10,7 @@ from pathlib import Path
 from kamado.cli.common import fail
 from kamado.gguf import GGML_BLOCK_SIZES, GGUFError
 from kamado.quantize.ftypes import FILE_TYPES, parse_file_type, parse_tensor_type
-from kamado.quantize.model import Imatrix, QuantizeError, parse_override, quantize_model
+from kamado.quantize.model import DEVICES, Imatrix, QuantizeError, parse_override, quantize_model
 from kamado.quantize.rules import Options
 from kamado.quants import ImatrixError, QuantError, load_imatrix
 
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-split", action="store_true", help="write the output in the same shards as the input")
     p.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
                    help="override a metadata value (TYPE: int, float, bool, str); repeatable")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to quantize: cuda (the GPU), cpu, or auto (the GPU when CUDA is available; default)")
     p.add_argument("--dry-run", action="store_true", help="show the type and size of every tensor without writing anything")
     return p
 
@@ -118,7 +120,8 @@ def main(argv: list[str]) -> int:
         imatrix = imatrix_for(a.imatrix, a.include_weights, a.exclude_weights) if a.imatrix else None
         bar = _progress_bar()
         summary = quantize_model(inp, out, opts, allow_requantize=a.allow_requantize, imatrix=imatrix, overrides=overrides,
-                                 nthreads=nthreads, keep_split=a.keep_split, dry_run=a.dry_run, progress=bar.update if bar else None)
+                                 nthreads=nthreads, keep_split=a.keep_split, dry_run=a.dry_run, progress=bar.update if bar else None,
+                                 device=a.device)
         if bar:
             bar.close()
     except (GGUFError, QuantizeError, QuantError, ImatrixError) as e:

@@ -27,6 +27,7 @@ from kamado.gguf.constants import (
     GGML_BLOCK_SIZES,
     GGUF_DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
+    SCALAR_DTYPES,
     SPLIT_COUNT_KEY,
     SPLIT_INDEX_KEY,
     SPLIT_TENSORS_KEY,
@@ -45,19 +46,7 @@ MAX_FIELDS = 1 << 20
 MAX_DIMS = 4
 MAX_STRING_BYTES = 1 << 30
 
-_SCALARS = {
-    GGUFValueType.UINT8: np.dtype("<u1"),
-    GGUFValueType.INT8: np.dtype("<i1"),
-    GGUFValueType.UINT16: np.dtype("<u2"),
-    GGUFValueType.INT16: np.dtype("<i2"),
-    GGUFValueType.UINT32: np.dtype("<u4"),
-    GGUFValueType.INT32: np.dtype("<i4"),
-    GGUFValueType.FLOAT32: np.dtype("<f4"),
-    GGUFValueType.BOOL: np.dtype("<u1"),
-    GGUFValueType.UINT64: np.dtype("<u8"),
-    GGUFValueType.INT64: np.dtype("<i8"),
-    GGUFValueType.FLOAT64: np.dtype("<f8"),
-}
+_SCALARS = SCALAR_DTYPES
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from kamado.gguf.constants import (
     GGML_BLOCK_SIZES,
     GGUF_DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
+    SCALAR_DTYPES,
     SPLIT_COUNT_KEY,
     SPLIT_INDEX_KEY,
     SPLIT_TENSORS_KEY,
@@ -52,19 +53,7 @@ ALIGNMENT_KEY = "general.alignment"
 MAX_TENSOR_NAME_BYTES = 63  # ggml's GGML_MAX_NAME is 64 including the terminating NUL
 _SPLIT_KEYS = (SPLIT_INDEX_KEY, SPLIT_COUNT_KEY, SPLIT_TENSORS_KEY)
 
-_DTYPES = {
-    GGUFValueType.UINT8: np.dtype("<u1"),
-    GGUFValueType.INT8: np.dtype("<i1"),
-    GGUFValueType.UINT16: np.dtype("<u2"),
-    GGUFValueType.INT16: np.dtype("<i2"),
-    GGUFValueType.UINT32: np.dtype("<u4"),
-    GGUFValueType.INT32: np.dtype("<i4"),
-    GGUFValueType.FLOAT32: np.dtype("<f4"),
-    GGUFValueType.BOOL: np.dtype("<u1"),
-    GGUFValueType.UINT64: np.dtype("<u8"),
-    GGUFValueType.INT64: np.dtype("<i8"),
-    GGUFValueType.FLOAT64: np.dtype("<f8"),
-}
+_DTYPES = SCALAR_DTYPES
 # numpy dtype kind+size -> value type, for typed inputs (numpy scalars and arrays)
 _TYPE_OF_DTYPE = {(dt.kind, dt.itemsize): vt for vt, dt in _DTYPES.items() if vt != GGUFValueType.BOOL}
 _TYPE_OF_DTYPE[("b", 1)] = GGUFValueType.BOOL

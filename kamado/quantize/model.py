@@ -5,23 +5,32 @@ the end, as gguf_set_val does), then the --override-kv values and the quantize.i
 their order; each gets the type `rules.TypeChooser` picks, is copied unchanged when that is its type
 already, and is otherwise dequantized to f32 and quantized row by row (per expert, with that expert's
 slice of the importance matrix). Output is written atomically by the GGUF writer.
+
+On a GPU (device "cuda", or "auto" where CUDA is available) each tensor is copied to the device, dequantized and
+quantized there with the torch twins (kamado.quants.dequantize_torch / quantize_torch: the same bytes), while a
+worker thread keeps the next tensors in flight so the GPU works while earlier results are written.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from kamado.gguf import GGUFReader, GGUFValueType, GGUFWriter
 from kamado.gguf.constants import GGMLQuantizationType as T
 from kamado.quantize.rules import UNQUANTIZED, ModelShape, Options, TypeChooser, requires_imatrix
-from kamado.quants import ImatrixFile, dequantize, quantize, row_bytes, set_num_threads
+from kamado.quants import ImatrixFile, dequantize, dequantize_torch, quantize, quantize_torch, row_bytes, set_num_threads
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
+DEVICES = ("auto", "cpu", "cuda")
+GPU_LOOKAHEAD = 2  # tensors quantized ahead of the writer on the GPU path
 
 
 class QuantizeError(ValueError):
@@ -94,6 +103,26 @@ def _imatrix_overrides(im: Imatrix) -> list[Override]:
     return out
 
 
+def resolve_device(device: str) -> str:
+    """"cpu" or "cuda" for a --device value; auto means the GPU when CUDA is available."""
+    if device not in DEVICES:
+        raise QuantizeError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise QuantizeError("--device cuda: no CUDA GPU is available to this process (torch.cuda.is_available() is false)")
+    return device
+
+
+def _quantize_rows_on(device: str, rows: np.ndarray, src_type: T, new: T, w: np.ndarray | None) -> np.ndarray:
+    """Dequantize `rows` (raw bytes of src_type) and quantize them to `new` on a torch device; bytes come back to the host."""
+    with warnings.catch_warnings():  # the rows are a read-only mmap view, which torch only ever reads here
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.from_numpy(rows).to(device)
+    f32 = raw.view(torch.float32) if src_type == T.F32 else dequantize_torch(raw, src_type)
+    return quantize_torch(f32, new, None if w is None else torch.from_numpy(w).to(device)).cpu().numpy()
+
+
 def quantize_model(
     inp: str | os.PathLike,
     out: str | os.PathLike,
@@ -106,9 +135,11 @@ def quantize_model(
     keep_split: bool = False,
     dry_run: bool = False,
     progress=None,
+    device: str = "cpu",
 ) -> Summary:
-    """Quantize `inp` into `out`. progress(i, n, name) is called before each tensor."""
+    """Quantize `inp` into `out` on `device` (cpu, cuda or auto). progress(i, n, name) is called before each tensor."""
     start = time.perf_counter()
+    device = resolve_device(device)
     reader = GGUFReader(inp)
     tensors = list(reader.tensors.values())
     weights = imatrix.data.weights if imatrix else {}
@@ -145,10 +176,8 @@ def quantize_model(
     for o in list(overrides) + (_imatrix_overrides(imatrix) if opts.has_imatrix else []):
         writer.add_field(o.key, o.value, o.vtype)
 
-    def producer(i, t, new):
+    def compute(t, new):
         def make():
-            if progress:
-                progress(i, len(plan), t.name)
             if new == t.type:
                 return t.raw
             src = t.raw.reshape(-1, t.raw.shape[-1])
@@ -163,17 +192,42 @@ def quantize_model(
             parts = []
             for e in range(n_exp):
                 rows = src[e * n_mat : (e + 1) * n_mat]
-                f32 = rows.view(np.float32) if t.type == T.F32 else dequantize(rows, t.type)
                 w = column_weights[e * n : (e + 1) * n] if column_weights is not None else None
+                if device != "cpu":
+                    parts.append(_quantize_rows_on(device, rows, t.type, new, w))
+                    continue
+                f32 = rows.view(np.float32) if t.type == T.F32 else dequantize(rows, t.type)
                 parts.append(quantize(f32, new, w))
             return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
         return make
 
+    makers = [compute(t, new) for t, new in plan]
+    # On the GPU one worker thread runs the next tensors' kernels while the writer thread writes earlier results.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kamado-quantize") if device != "cpu" else None
+    pending = {}
+
+    def producer(i, name):
+        def make():
+            if progress:
+                progress(i, len(plan), name)
+            if pool is None:
+                return makers[i]()
+            for k in range(i, min(i + 1 + GPU_LOOKAHEAD, len(makers))):
+                if k not in pending:
+                    pending[k] = pool.submit(makers[k])
+            return pending.pop(i).result()
+
+        return make
+
     for i, (t, new) in enumerate(plan):
-        writer.add_tensor(t.name, new, t.shape, producer(i, t, new))
+        writer.add_tensor(t.name, new, t.shape, producer(i, t.name))
     # --keep-split: the output shards hold the same tensors as the input's (tensors are in shard order).
     shard_counts = [sum(t.path == shard.path for t in tensors) for shard in reader.shards] if keep_split else None
-    summary.outputs = writer.write(shard_tensor_counts=shard_counts)
+    try:
+        summary.outputs = writer.write(shard_tensor_counts=shard_counts)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     summary.seconds = time.perf_counter() - start
     return summary

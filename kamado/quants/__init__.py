@@ -7,6 +7,10 @@ rows lie along the last axis; `quantize` returns uint8 bytes shaped (..., bytes_
   DEQUANTIZE[qtype](raw: uint8 (n_rows, row_bytes)) -> float32 (n_rows, n_per_row)
   QUANTIZE[qtype](x: float32 (n_rows, n_per_row), imatrix: float32 (n_per_row,) | None) -> uint8 (n_rows, row_bytes)
   DEQUANTIZE_TORCH[qtype](raw: torch.uint8 (n_rows, row_bytes)) -> torch.float32 (n_rows, n_per_row)
+  QUANTIZE_TORCH[qtype](x: torch.float32 (n_rows, n_per_row), imatrix: torch.float32 (n_per_row,) | None)
+      -> torch.uint8 (n_rows, row_bytes)
+`quantize_torch` is the torch twin of `quantize` (CPU or CUDA tensors, the same bytes): operation-by-operation ports
+of the numpy quantizers, for quantizing on a GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
+import torch
 
 from kamado.gguf.constants import GGML_BLOCK_SIZES, GGMLQuantizationType
 from kamado.quants import floats, iq4, iquants, kquants, legacy, mxfp4, ternary
@@ -25,6 +30,7 @@ _FAMILIES = (floats, legacy, kquants, iq4, iquants, ternary, mxfp4)
 DEQUANTIZE = {q: f for m in _FAMILIES for q, f in m.DEQUANTIZE.items()}
 QUANTIZE = {q: f for m in _FAMILIES for q, f in m.QUANTIZE.items()}
 DEQUANTIZE_TORCH = {q: f for m in _FAMILIES for q, f in m.DEQUANTIZE_TORCH.items()}
+QUANTIZE_TORCH = {q: f for m in (floats, legacy, kquants, iq4) for q, f in m.QUANTIZE_TORCH.items()}
 
 
 class QuantError(ValueError):
@@ -104,6 +110,34 @@ def quantize(data: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.n
     return out.reshape(*data.shape[:-1], nb)
 
 
+# Values per torch pass: the eager quantizers keep about ten float32 temporaries of a chunk alive, so a GPU chunk of
+# 2^26 values needs ~3 GB and amortises the kernel launches; on the CPU smaller chunks stay in cache.
+_TORCH_CHUNK_VALUES = {"cuda": 1 << 26}
+_TORCH_CHUNK_VALUES_DEFAULT = 1 << 20
+
+
+def quantize_torch(data: torch.Tensor, qtype, imatrix: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+    """Torch twin of `quantize`: float32 tensor (..., n) on any device -> uint8 (..., row_bytes) on that device."""
+    qtype = _qtype(qtype)
+    if qtype not in QUANTIZE_TORCH:
+        raise QuantError(f"quantizing to {qtype.name} with torch is not supported; supported: {', '.join(q.name for q in QUANTIZE_TORCH)}")
+    if not isinstance(data, torch.Tensor):
+        raise QuantError(f"quantize_torch takes a torch tensor, got {type(data).__name__} (use quantize for numpy arrays)")
+    data = data.to(torch.float32).contiguous()
+    n = data.shape[-1]
+    nb = row_bytes(qtype, n)
+    if imatrix is not None:
+        imatrix = torch.as_tensor(imatrix, dtype=torch.float32, device=data.device).contiguous()
+        if tuple(imatrix.shape) != (n,):
+            raise QuantError(f"imatrix has shape {tuple(imatrix.shape)}, expected ({n},) to match the row length")
+    rows = data.reshape(-1, n)
+    out = torch.empty((rows.shape[0], nb), dtype=torch.uint8, device=data.device)
+    step = max(1, _TORCH_CHUNK_VALUES.get(data.device.type, _TORCH_CHUNK_VALUES_DEFAULT) // max(1, n))
+    for a in range(0, rows.shape[0], step):
+        out[a : a + step] = QUANTIZE_TORCH[qtype](rows[a : a + step], imatrix)
+    return out.reshape(*data.shape[:-1], nb)
+
+
 def dequantize(data: np.ndarray, qtype) -> np.ndarray:
     qtype = _qtype(qtype)
     if qtype not in DEQUANTIZE:
@@ -133,6 +167,7 @@ def dequantize_torch(data, qtype):
 
 
 __all__ = [
-    "ImatrixError", "ImatrixFile", "QuantError", "dequantize", "dequantize_torch", "load_imatrix", "quantize", "read_imatrix",
+    "ImatrixError", "ImatrixFile", "QuantError", "dequantize", "dequantize_torch", "load_imatrix", "quantize", "quantize_torch",
+    "read_imatrix",
     "row_bytes", "set_num_threads",
 ]

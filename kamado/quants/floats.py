@@ -61,6 +61,58 @@ def _quantize_bf16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return f32_to_bf16_bits(x).view(np.uint8)
 
 
+# ---------------------------------------------------------------- torch twins (any device)
+
+
+def scalar_like(value, like: torch.Tensor) -> torch.Tensor:
+    """A float32 0-d tensor on like's device. Divisions take their scalar operands in this form: CUDA's `t / python_float`
+    multiplies by the reciprocal and `python_float / t` is `t.reciprocal() * value`, neither of which rounds like C's `/`."""
+    return torch.full((), float(np.float32(value)), dtype=torch.float32, device=like.device)
+
+
+def div(a, b) -> torch.Tensor:
+    """IEEE float32 a / b where either side may be a Python/numpy scalar (see scalar_like)."""
+    if not isinstance(a, torch.Tensor):
+        a = scalar_like(a, b)
+    if not isinstance(b, torch.Tensor):
+        b = scalar_like(b, a)
+    return torch.div(a, b)
+
+
+def sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 sqrt, as C's sqrtf. Torch's vectorised CPU float32 sqrt is not (about 1 in 150 results
+    is one ulp off); a float64 sqrt rounded to float32 is exact for every float32 input (53 >= 2*24 + 2 bits)."""
+    return torch.sqrt(x.to(torch.float64)).to(torch.float32)
+
+
+def f32_to_f16_bits_torch(x: torch.Tensor) -> torch.Tensor:
+    """Torch twin of f32_to_f16_bits: float32 -> int16 tensor holding the ggml fp16 bit patterns."""
+    half = x.to(torch.float16).view(torch.int16)
+    nan = torch.isnan(x)
+    sign = (x.view(torch.int32) >> 16) & 0x8000
+    return torch.where(nan, (sign | int(_F16_QUIET_NAN)).to(torch.int16), half)
+
+
+def f32_to_bf16_bits_torch(x: torch.Tensor) -> torch.Tensor:
+    """Torch twin of f32_to_bf16_bits (int64 arithmetic stands in for numpy's uint32)."""
+    u = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    return torch.where(nan, (u >> 16) | 64, rounded).to(torch.int16)
+
+
+def _quantize_f32_torch(x: torch.Tensor, imatrix) -> torch.Tensor:
+    return x.contiguous().view(torch.uint8)
+
+
+def _quantize_f16_torch(x: torch.Tensor, imatrix) -> torch.Tensor:
+    return f32_to_f16_bits_torch(x.contiguous()).view(torch.uint8)
+
+
+def _quantize_bf16_torch(x: torch.Tensor, imatrix) -> torch.Tensor:
+    return f32_to_bf16_bits_torch(x).view(torch.uint8)
+
+
 def _cast(dtype):
     def dequantize(raw: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(raw).view(dtype).astype(np.float32)
@@ -95,3 +147,4 @@ _TORCH_DTYPES = {
 DEQUANTIZE = {q: _cast(dt) for q, dt in _NUMPY_DTYPES.items()} | {Q.BF16: _dequantize_bf16}
 QUANTIZE = {Q.F32: _quantize_f32, Q.F16: _quantize_f16, Q.BF16: _quantize_bf16}
 DEQUANTIZE_TORCH = {q: _torch_cast(dt) for q, dt in _TORCH_DTYPES.items()}
+QUANTIZE_TORCH = {Q.F32: _quantize_f32_torch, Q.F16: _quantize_f16_torch, Q.BF16: _quantize_bf16_torch}

@@ -8,8 +8,10 @@ without importance weights): a per-32-value scale search over 16 candidate scale
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from kamado.gguf.constants import GGMLQuantizationType as T
+from kamado.quants.floats import div, sqrt
 from kamado.quants.kquants import (
     F32,
     GROUP_MAX_EPS,
@@ -24,6 +26,13 @@ from kamado.quants.kquants import (
     nearest_int,
     quantize_superblocks,
     seq_sum,
+    t_columns,
+    t_first_absmax,
+    t_nearest_int,
+    t_quantize_blocks,
+    t_rows,
+    t_seq_sum,
+    t_to_f16_bytes,
     to_f16_bytes,
 )
 
@@ -127,9 +136,77 @@ def _dequantize_iq4_xs(raw: np.ndarray) -> np.ndarray:
 
 
 def _t_values(like):
-    import torch
-
     return torch.tensor(_VALUES, device=like.device)
+
+
+# ---------------------------------------------------------------- quantizers (torch twins, any device; see kquants.py)
+
+
+def _t_best_index(x: torch.Tensor) -> torch.Tensor:
+    """Torch twin of best_index (int64 level indices)."""
+    x2 = torch.floor(x + x)
+    x2 = torch.fmax(x2, torch.full((), float(_LO), device=x.device)).clamp_max_(float(_HI))
+    table = torch.from_numpy(_LEVEL_OF_FLOOR.astype(np.int64)).to(x.device)
+    return table[(x2 - float(_LO)).to(torch.int64)]
+
+
+def _t_block_scales(xt: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    amax, vmax = t_first_absmax(xt)
+    values = _t_values(xt)
+
+    def try_scale(iscale):
+        q = values[_t_best_index(iscale * xt)]
+        wq = w * q
+        return t_seq_sum(wq * xt), t_seq_sum(wq.mul_(q))
+
+    sumqx, sumq2 = try_scale(div(1, div(-vmax, _VALUES[0])))
+    d = torch.where(sumq2 > 0, div(sumqx, sumq2), 0.0)
+    best = d * sumqx
+    for itry in range(-NTRY, NTRY + 1):
+        sumqx, sumq2 = try_scale(div(F32(itry + int(KVALUES[0])), vmax))
+        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        d = torch.where(better, div(sumqx, sumq2), d)
+        best = torch.where(better, d * sumqx, best)
+    return torch.where(amax < float(GROUP_MAX_EPS), 0.0, d)
+
+
+def _t_weights(xb: torch.Tensor, xt: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
+    if qw is None:
+        return xt * xt
+    xs = xb.T
+    sigma2 = t_seq_sum(xs * xs) * float(F32(2) / F32(xb.shape[1]))
+    return t_columns(qw, 32) * sqrt(torch.repeat_interleave(sigma2, xb.shape[1] // 32) + xt * xt)
+
+
+def _t_pack_nibbles(L: torch.Tensor) -> torch.Tensor:
+    q = L.reshape(len(L), -1, 2, 16).to(torch.uint8)
+    return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(len(L), -1)
+
+
+def _t_quantize_iq4_nl(xb: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
+    xt = t_columns(xb, 32)
+    d = _t_block_scales(xt, _t_weights(xb, xt, qw))
+    idl = torch.where(d != 0, div(1, d), 0.0)
+    L = t_rows(_t_best_index(idl * xt), len(xb))
+    return torch.cat([t_to_f16_bytes(d), _t_pack_nibbles(L)], dim=1)
+
+
+def _t_quantize_iq4_xs(xb: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
+    nb = len(xb)
+    xt = t_columns(xb, 32)
+    scales = _t_block_scales(xt, _t_weights(xb, xt, qw)).reshape(nb, 8)
+    _, max_scale = t_first_absmax(scales.T)
+    d = div(-max_scale, F32(32))
+    inv_d = torch.where(d != 0, div(1, d), 0.0)
+    l = t_nearest_int(inv_d[:, None] * scales).clamp_(-32, 31)
+    dl = d[:, None] * l.to(torch.float32)
+    idl = torch.where(dl != 0, div(1, dl), 0.0).reshape(-1)
+    L = t_rows(_t_best_index(idl * xt), nb)
+    codes = l + 32
+    scales_l = ((codes[:, 0::2] & 0xF) | ((codes[:, 1::2] & 0xF) << 4)).to(torch.uint8)
+    scales_h = ((codes >> 4) << (2 * torch.arange(8, device=xb.device, dtype=torch.int32))).sum(dim=1)
+    scales_h = torch.stack([scales_h & 0xFF, scales_h >> 8], dim=1).to(torch.uint8)
+    return torch.cat([t_to_f16_bytes(d), scales_h, scales_l, _t_pack_nibbles(L)], dim=1)
 
 
 def _t_dequantize_iq4_nl(raw):
@@ -139,8 +216,6 @@ def _t_dequantize_iq4_nl(raw):
 
 
 def _t_dequantize_iq4_xs(raw):
-    import torch
-
     b = raw.reshape(-1, 136)
     nb = len(b)
     scales_h = b[:, 2:4].to(torch.int32)
@@ -160,6 +235,14 @@ def _row_quantizer(block_fn, block: int):
     return quantize_rows
 
 
+def _t_row_quantizer(block_fn, block: int):
+    def quantize_rows(x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
+        return t_quantize_blocks(block_fn, x, imatrix, block)
+
+    return quantize_rows
+
+
 QUANTIZE = {T.IQ4_NL: _row_quantizer(_quantize_iq4_nl, 32), T.IQ4_XS: _row_quantizer(_quantize_iq4_xs, QK_K)}
+QUANTIZE_TORCH = {T.IQ4_NL: _t_row_quantizer(_t_quantize_iq4_nl, 32), T.IQ4_XS: _t_row_quantizer(_t_quantize_iq4_xs, QK_K)}
 DEQUANTIZE = {T.IQ4_NL: _row_dequantizer(_dequantize_iq4_nl, 18), T.IQ4_XS: _row_dequantizer(_dequantize_iq4_xs, 136)}
 DEQUANTIZE_TORCH = {T.IQ4_NL: _row_dequantizer(_t_dequantize_iq4_nl, 18), T.IQ4_XS: _row_dequantizer(_t_dequantize_iq4_xs, 136)}

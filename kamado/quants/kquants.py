@@ -14,8 +14,11 @@ every group through every step: a group that stopped changing stays at its fixed
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from kamado.gguf.constants import GGMLQuantizationType as T
+from kamado.quants import kquants_triton
+from kamado.quants.floats import div, sqrt
 
 F32 = np.float32
 QK_K = 256
@@ -516,6 +519,380 @@ def _dequantize_q8_k(raw: np.ndarray) -> np.ndarray:
     return (d * b[:, 4:260].view(np.int8).astype(F32)).reshape(len(b), QK_K)
 
 
+# ---------------------------------------------------------------- quantizers (torch twins, any device)
+# Operation-by-operation ports of the numpy quantizers above, on (n, S) tensors laid out the same way. Torch's eager
+# float32 kernels round every operation (no contraction across ops), divisions go through floats.div, and sums run
+# element by element in index order (t_seq_sum), so CPU and CUDA give the numpy bytes. nearest_int replaces the
+# numpy code's rint shortcut everywhere (they agree wherever the shortcut is taken), which also avoids a host sync.
+
+
+def t_nearest_int(v: torch.Tensor) -> torch.Tensor:
+    """Torch twin of nearest_int (int32)."""
+    return ((v + 12582912.0).view(torch.int32) & 0x7FFFFF) - 0x400000
+
+
+def t_seq_sum(a: torch.Tensor) -> torch.Tensor:
+    """Torch twin of seq_sum: float32 sum over dim 0 in index order, starting from +0.0."""
+    total = a[0] + 0.0
+    for row in a[1:]:
+        total += row
+    return total
+
+
+def t_to_f16_bytes(v: torch.Tensor) -> torch.Tensor:
+    return v.to(torch.float16).contiguous().view(torch.uint8).reshape(-1, 2)
+
+
+def t_f16_round(v: torch.Tensor) -> torch.Tensor:
+    return v.to(torch.float16).to(torch.float32)
+
+
+def t_first_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = x.abs().argmax(dim=0, keepdim=True)  # the first of equal maxima, as numpy's argmax
+    value = torch.take_along_dim(x, idx, dim=0)[0]
+    value = torch.where(value != 0, value, 0.0)
+    return value.abs(), value
+
+
+def t_positive_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    m = x.amax(dim=dim)
+    return torch.where(m > 0, m, 0.0)
+
+
+def t_columns(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.reshape(-1, n).T.contiguous()
+
+
+def t_rows(xt: torch.Tensor, nb: int) -> torch.Tensor:
+    return xt.T.reshape(nb, -1)
+
+
+def _t_levels(v: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """clamp(nearest_int(v), lo, hi) as float32 (rounded_levels' exact branch)."""
+    return t_nearest_int(v).clamp_(lo, hi).to(torch.float32)
+
+
+def t_make_qx_quants(x: torch.Tensor, nmax: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if kquants_triton.usable(x):
+        return kquants_triton.make_qx_quants(x, nmax, w)
+    amax, vmax = t_first_absmax(x)
+    zero = amax < float(GROUP_MAX_EPS)
+    wx = w * x
+
+    def levels(iscale):
+        return _t_levels(iscale * x, -nmax, nmax - 1)
+
+    def try_scale(iscale):
+        lf = levels(iscale)
+        wl = w * lf
+        return t_seq_sum(wx * lf), t_seq_sum(wl.mul_(lf))
+
+    best_iscale = div(F32(-nmax), vmax)
+    sumlx, suml2 = try_scale(best_iscale)
+    scale = torch.where(suml2 != 0, div(sumlx, suml2), 0.0)
+    best = scale * sumlx
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        iscale = div(-(F32(nmax) + F32(0.1) * F32(step)), vmax)
+        sumlx, suml2 = try_scale(iscale)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        best_iscale = torch.where(better, iscale, best_iscale)
+        scale = torch.where(better, div(sumlx, suml2), scale)
+        best = torch.where(better, scale * sumlx, best)
+    L = levels(best_iscale).to(torch.int32) + nmax
+    return torch.where(zero, 0.0, scale), torch.where(zero, 0, L)
+
+
+def t_make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    amax, vmax = t_first_absmax(x)
+    w = x * x
+    wx = w * x
+    L = t_nearest_int(div(F32(-nmax), vmax) * x).clamp_(-nmax, nmax - 1)
+    lf = L.to(torch.float32)
+    sumlx = t_seq_sum(wx * lf)
+    suml2 = t_seq_sum(w * lf * lf)
+    # numpy stops early once a pass changes nothing; such a pass leaves the state as it was, so running all 5 is the same
+    for _ in range(5):
+        for i in range(x.shape[0]):
+            li = L[i].to(torch.float32)
+            slx = sumlx - wx[i] * li
+            sl2 = suml2 - w[i] * li * li
+            new_l = t_nearest_int(div(x[i] * sl2, slx)).clamp_(-nmax, nmax - 1)
+            nf = new_l.to(torch.float32)
+            accept = (slx > 0) & (new_l != L[i])
+            slx = slx + wx[i] * nf
+            sl2 = sl2 + w[i] * nf * nf
+            accept &= (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            L[i] = torch.where(accept, new_l, L[i])
+            sumlx = torch.where(accept, slx, sumlx)
+            suml2 = torch.where(accept, sl2, suml2)
+    scale = torch.where(suml2 > 0, div(sumlx, suml2), 0.0)
+    zero = amax < float(GROUP_MAX_EPS)
+    return torch.where(zero, 0.0, scale), torch.where(zero, 0, L + nmax)
+
+
+def t_make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, clamp_v):
+    """Torch twin of make_qkx_quants (the reference rule runs as one fused Triton kernel where it can)."""
+    if not clamp_v and kquants_triton.usable(x):
+        return kquants_triton.make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad)
+    xmin = x.amin(dim=0)
+    mx = x.amax(dim=0)
+    sum_w = t_seq_sum(w)
+    sum_x = t_seq_sum(w * x)
+    mn = torch.where(xmin > 0, 0.0, xmin)
+    flat = mx <= mn
+    mx = torch.where(flat, mn + 1.0, mx)
+
+    def levels(iscale, mn, qkx3_rule):
+        v = (x - mn) * iscale
+        if qkx3_rule:
+            return torch.round(torch.clamp_max(torch.fmax(v, torch.zeros((), device=v.device)), float(nmax)))
+        return _t_levels(v, 0, nmax)
+
+    def error(scale, lf, mn):
+        tmp = lf * scale + mn - x
+        tmp = tmp.abs() if use_mad else tmp * tmp
+        return t_seq_sum(w * tmp)
+
+    L_iscale = div(F32(nmax), mx - mn)
+    L_mn = mn
+    L_searched = torch.zeros(mn.shape, dtype=torch.bool, device=x.device)
+    scale = div(1, L_iscale)
+    best_error = error(scale, levels(L_iscale, mn, False), mn)
+    for step in range(nstep + 1):
+        iscale = div(F32(rmin) + F32(rdelta) * F32(step) + F32(nmax), mx - mn)
+        lf = levels(iscale, mn, clamp_v)
+        wl = w * lf
+        sum_l = t_seq_sum(wl)
+        sum_xl = t_seq_sum(wl * x)
+        sum_l2 = t_seq_sum(wl.mul_(lf))
+        D = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = div(sum_w * sum_xl - sum_x * sum_l, D)
+        this_min = div(sum_l2 * sum_x - sum_l * sum_xl, D)
+        positive = this_min > 0
+        this_min = torch.where(positive, 0.0, this_min)
+        this_scale = torch.where(positive, div(sum_xl, sum_l2), this_scale)
+        cur_error = error(this_scale, lf, this_min)
+        better = (D > 0) & (cur_error < best_error)
+        L_iscale = torch.where(better, iscale, L_iscale)
+        L_mn = torch.where(better, mn, L_mn)
+        L_searched |= better
+        best_error = torch.where(better, cur_error, best_error)
+        scale = torch.where(better, this_scale, scale)
+        mn = torch.where(better, this_min, mn)
+    L = levels(L_iscale, L_mn, False).to(torch.int32)
+    if clamp_v:
+        L = torch.where(L_searched, levels(L_iscale, L_mn, True).to(torch.int32), L)
+    first_min = torch.where(xmin > 0, 0.0, xmin)
+    return torch.where(flat, 0.0, scale), torch.where(flat, 0, L), -torch.where(flat, first_min, mn)
+
+
+def t_make_qp_quants(x: torch.Tensor, nmax: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mx = t_positive_max(x, dim=0)
+    iscale = div(F32(nmax), mx)
+    L = t_nearest_int(iscale * x) & 0xFF
+    diff = x - div(1, iscale) * L.to(torch.float32)
+    best_mse = t_seq_sum(w * diff * diff)
+    for step in range(-4, 5):
+        if step == 0:
+            continue
+        iscale_is = div(F32(0.1) * F32(step) + F32(nmax), mx)
+        l = torch.clamp_max(t_nearest_int(iscale_is * x), nmax)
+        diff = x - div(1, iscale_is) * l.to(torch.float32)
+        mse = t_seq_sum(w * diff * diff)
+        better = mse < best_mse
+        best_mse = torch.where(better, mse, best_mse)
+        iscale = torch.where(better, iscale_is, iscale)
+    l = torch.clamp_max(t_nearest_int(iscale * x), nmax)
+    L = l & 0xFF
+    lf = l.to(torch.float32)
+    wx = w * x
+    sumlx = t_seq_sum(wx * lf)
+    suml2 = t_seq_sum(w * lf * lf)
+    for _ in range(5):  # all passes run: see t_make_q3_quants
+        for i in range(x.shape[0]):
+            li = L[i].to(torch.float32)
+            slx = sumlx - wx[i] * li
+            sl2 = suml2 - w[i] * li * li
+            new_l = torch.clamp_max(t_nearest_int(div(x[i] * sl2, slx)), nmax)
+            nf = new_l.to(torch.float32)
+            accept = (slx > 0) & (sl2 > 0) & (new_l != L[i])
+            slx = slx + wx[i] * nf
+            sl2 = sl2 + w[i] * nf * nf
+            accept &= slx * slx * suml2 > sumlx * sumlx * sl2
+            L[i] = torch.where(accept, new_l & 0xFF, L[i])
+            sumlx = torch.where(accept, slx, sumlx)
+            suml2 = torch.where(accept, sl2, suml2)
+    scale = torch.where(suml2 > 0, div(sumlx, suml2), 0.0)
+    zero = mx < float(GROUP_MAX_EPS)
+    return torch.where(zero, 0.0, scale), torch.where(zero, 0, L)
+
+
+def _t_pack_2bit(L: torch.Tensor) -> torch.Tensor:
+    q = L.reshape(len(L), 2, 4, 32).to(torch.uint8)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(len(L), 64)
+
+
+def _t_pack_scale_min_k4(ls: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+    ls = ls.to(torch.uint8)
+    lm = lm.to(torch.uint8)
+    return torch.cat(
+        [ls[:, :4] | ((ls[:, 4:] >> 4) << 6), lm[:, :4] | ((lm[:, 4:] >> 4) << 6), (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)], dim=1
+    )
+
+
+def _t_pack_q3_scales(codes: torch.Tensor) -> torch.Tensor:
+    c = codes.to(torch.uint8)
+    low = (c[:, :8] & 0xF) | ((c[:, 8:] & 0xF) << 4)
+    high = c.reshape(len(c), 4, 4) >> 4
+    high = high[:, 0] | (high[:, 1] << 2) | (high[:, 2] << 4) | (high[:, 3] << 6)
+    return torch.cat([low, high], dim=1)
+
+
+def _t_or_bits(high: torch.Tensor) -> torch.Tensor:
+    """(nb, 8, k) values 0/1 -> (nb, k) bytes with bit i from high[:, i] (the hmask/qh fields)."""
+    shifts = torch.arange(8, device=high.device, dtype=torch.int32)[None, :, None]
+    return (high.to(torch.int32) << shifts).sum(dim=1).to(torch.uint8)
+
+
+def _t_int8(v: torch.Tensor) -> torch.Tensor:
+    return ((v + 128) & 0xFF) - 128
+
+
+def _t_requantize(xt, L, d, offset, lo, hi, dm=None):
+    num = xt if dm is None else xt + dm
+    l = t_nearest_int(div(num, d)).clamp_(lo, hi) + offset
+    return torch.where(d != 0, l, L)
+
+
+def _t_sigma2(xb: torch.Tensor, factor: float) -> torch.Tensor:
+    xs = xb.T
+    return div(F32(factor) * t_seq_sum(xs * xs), F32(QK_K))
+
+
+def _t_quantize_q2_k(xb: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
+    nb = len(xb)
+    xt = t_columns(xb, 16)
+    if qw is None:
+        scales, L, mins = t_make_qkx_quants(xt, xt.abs(), 3, -0.5, 0.1, 15, True, False)
+        scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
+        max_scale, max_min = t_positive_max(scales, 1), t_positive_max(mins, 1)
+        lo = torch.where(max_scale[:, None] > 0, t_nearest_int(div(F32(15), max_scale)[:, None] * scales), 0)
+        hi = torch.where(max_min[:, None] > 0, t_nearest_int(div(F32(15), max_min)[:, None] * mins), 0)
+        d, dmin = div(max_scale, F32(15)), div(max_min, F32(15))
+    else:
+        sigma2 = torch.repeat_interleave(_t_sigma2(xb, 1), 16)
+        weight = t_columns(qw, 16) * sqrt(sigma2 + xt * xt)
+        sw = t_seq_sum(weight).reshape(nb, 16).T.contiguous()
+        scales, L, mins = t_make_qkx_quants(xt, weight, 3, -0.9, 0.05, 36, False, True)
+        d, lo = t_make_qp_quants(scales.reshape(nb, 16).T.contiguous(), 15, sw)
+        dmin, hi = t_make_qp_quants(mins.reshape(nb, 16).T.contiguous(), 15, sw)
+        lo, hi = lo.T, hi.T
+    sc = ((lo | (hi << 4)) & 0xFF).to(torch.uint8)
+    dl = (t_f16_round(d)[:, None] * (sc & 0xF).to(torch.float32)).reshape(-1)
+    ml = (t_f16_round(dmin)[:, None] * (sc >> 4).to(torch.float32)).reshape(-1)
+    L = t_rows(_t_requantize(xt, L, dl, 0, 0, 3, ml), nb)
+    return torch.cat([sc, _t_pack_2bit(L), t_to_f16_bytes(d), t_to_f16_bytes(dmin)], dim=1)
+
+
+def _t_quantize_q3_k(xb: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
+    nb = len(xb)
+    xt = t_columns(xb, 16)
+    if qw is None:
+        scales, L = t_make_q3_quants(xt, 4)
+        _, max_scale = t_first_absmax(scales.reshape(nb, 16).T)
+        iscale = div(F32(-32), max_scale)
+        codes = _t_int8(t_nearest_int(iscale[:, None] * scales.reshape(nb, 16))).clamp_(-32, 31) + 32
+        codes = torch.where(max_scale[:, None] != 0, codes, 0)
+        d = torch.where(max_scale != 0, div(1, iscale), 0.0)
+    else:
+        sigma2 = torch.repeat_interleave(_t_sigma2(xb, 2), 16)
+        weight = t_columns(qw, 16) * sqrt(sigma2 + xt * xt)
+        sw = t_seq_sum(weight).reshape(nb, 16).T.contiguous()
+        scales, L = t_make_qx_quants(xt, 4, weight)
+        d, codes = t_make_qx_quants(scales.reshape(nb, 16).T.contiguous(), 32, sw)
+        codes = codes.T
+    packed_scales = _t_pack_q3_scales(codes)
+    dl = (t_f16_round(d)[:, None] * _t_unpack_q3_scales(packed_scales).to(torch.float32)).reshape(-1)
+    L = t_rows(_t_requantize(xt, L, dl, 4, -4, 3), nb)
+    hmask = _t_or_bits((L > 3).reshape(nb, 8, 32))
+    return torch.cat([hmask, _t_pack_2bit(L & 3), packed_scales, t_to_f16_bytes(d)], dim=1)
+
+
+def _t_scales_mins_k(xb: torch.Tensor, qw: torch.Tensor | None, nmax: int, rmin: float, nstep: int):
+    nb = len(xb)
+    xt = t_columns(xb, 32)
+    if qw is None:
+        av_x = sqrt(div(t_seq_sum(xt * xt), F32(32)))
+        scales, L, mins = t_make_qkx_quants(xt, av_x + xt.abs(), nmax, rmin, 0.1, nstep, False, False)
+        scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
+        max_scale, max_min = t_positive_max(scales, 1), t_positive_max(mins, 1)
+        inv_scale = torch.where(max_scale > 0, div(F32(63), max_scale), 0.0)
+        inv_min = torch.where(max_min > 0, div(F32(63), max_min), 0.0)
+        ls = torch.clamp_max(t_nearest_int(inv_scale[:, None] * scales) & 0xFF, 63)
+        lm = torch.clamp_max(t_nearest_int(inv_min[:, None] * mins) & 0xFF, 63)
+        d, dmin = div(max_scale, F32(63)), div(max_min, F32(63))
+    else:
+        sigma2 = torch.repeat_interleave(_t_sigma2(xb, 2), 8)
+        weights = t_columns(qw, 32) * sqrt(sigma2 + xt * xt)
+        sw = t_seq_sum(weights).reshape(nb, 8).T.contiguous()
+        scales, L, mins = t_make_qkx_quants(xt, weights, nmax, -0.9, 0.05, 36, False, True)
+        d, ls = t_make_qp_quants(scales.reshape(nb, 8).T.contiguous(), 63, sw)
+        dmin, lm = t_make_qp_quants(mins.reshape(nb, 8).T.contiguous(), 63, sw)
+        ls, lm = torch.clamp_max(ls.T, 63), torch.clamp_max(lm.T, 63)
+    dl = (t_f16_round(d)[:, None] * ls.to(torch.float32)).reshape(-1)
+    ml = (t_f16_round(dmin)[:, None] * lm.to(torch.float32)).reshape(-1)
+    L = t_rows(_t_requantize(xt, L, dl, 0, 0, nmax, ml), nb)
+    return L, torch.cat([t_to_f16_bytes(d), t_to_f16_bytes(dmin), _t_pack_scale_min_k4(ls, lm)], dim=1)
+
+
+def _t_quantize_q4_k(xb: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
+    L, head = _t_scales_mins_k(xb, qw, 15, -1.0, 20)
+    q = L.reshape(len(L), 4, 2, 32).to(torch.uint8)
+    return torch.cat([head, (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(len(L), 128)], dim=1)
+
+
+def _t_quantize_q5_k(xb: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
+    L, head = _t_scales_mins_k(xb, qw, 31, -0.5, 15)
+    q = L.reshape(len(L), 4, 2, 32).to(torch.uint8)
+    ql = ((q[:, :, 0] & 0xF) | ((q[:, :, 1] & 0xF) << 4)).reshape(len(L), 128)
+    qh = _t_or_bits((q >> 4).reshape(len(L), 8, 32))
+    return torch.cat([head, qh, ql], dim=1)
+
+
+def _t_quantize_q6_k(xb: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
+    nb = len(xb)
+    xt = t_columns(xb, 16)
+    scales, L = t_make_qx_quants(xt, 32, xt * xt if qw is None else t_columns(qw, 16))
+    amax, max_scale = t_first_absmax(scales.reshape(nb, 16).T)
+    iscale = div(F32(-128), max_scale)
+    d = div(1, iscale)
+    sc = _t_int8(torch.clamp_max(t_nearest_int(iscale[:, None] * scales.reshape(nb, 16)), 127))
+    dl = (t_f16_round(d)[:, None] * sc.to(torch.float32)).reshape(-1)
+    L = t_rows(_t_requantize(xt, L, dl, 32, -32, 31), nb).to(torch.uint8)
+    q = L.reshape(nb, 2, 4, 32)
+    ql = torch.cat([(q[:, :, 0] & 0xF) | ((q[:, :, 2] & 0xF) << 4), (q[:, :, 1] & 0xF) | ((q[:, :, 3] & 0xF) << 4)], dim=2)
+    qh = (q[:, :, 0] >> 4) | ((q[:, :, 1] >> 4) << 2) | ((q[:, :, 2] >> 4) << 4) | ((q[:, :, 3] >> 4) << 6)
+    out = torch.cat([ql.reshape(nb, 128), qh.reshape(nb, 64), sc.to(torch.uint8), t_to_f16_bytes(d)], dim=1)
+    out[amax < float(GROUP_MAX_EPS)] = 0
+    return out
+
+
+def t_quantize_blocks(block_fn, x: torch.Tensor, imatrix: torch.Tensor | None, block: int = QK_K) -> torch.Tensor:
+    """Torch twin of quantize_superblocks without its chunking (kamado.quants.quantize_torch chunks by rows)."""
+    n_rows = x.shape[0]
+    qw = None if imatrix is None else imatrix.reshape(1, -1).expand(n_rows, -1).reshape(-1, block)
+    return block_fn(x.reshape(-1, block), qw).reshape(n_rows, -1)
+
+
+def _t_row_quantizer(block_fn):
+    def quantize_rows(x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
+        return t_quantize_blocks(block_fn, x, imatrix)
+
+    return quantize_rows
+
+
 # ---------------------------------------------------------------- row-level entry points
 
 
@@ -556,28 +933,20 @@ def _row_dequantizer(block_fn, type_size: int):
 
 
 def _t_f16(b, at: int):
-    import torch
-
     return b[:, at : at + 2].contiguous().view(torch.float16)[:, 0].float()
 
 
 def _t_shifts(values, like):
-    import torch
-
     return torch.tensor(values, dtype=torch.uint8, device=like.device)
 
 
 def _t_unpack_q3_scales(s):
-    import torch
-
     low = torch.cat([s[:, :8] & 0xF, s[:, :8] >> 4], dim=1)
     high = (s[:, None, 8:12] >> _t_shifts([0, 2, 4, 6], s)[None, :, None]) & 3
     return (low | (high.reshape(len(s), 16) << 4)).to(torch.int16) - 32
 
 
 def _t_unpack_scale_min_k4(s):
-    import torch
-
     sc = torch.cat([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], dim=1)
     mn = torch.cat([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], dim=1)
     return sc, mn
@@ -599,8 +968,6 @@ def _t_dequantize_q2_k(raw):
 
 
 def _t_dequantize_q3_k(raw):
-    import torch
-
     b = raw.reshape(-1, 110)
     nb = len(b)
     hmask, qs = b[:, :32], b[:, 32:96]
@@ -630,8 +997,6 @@ def _t_dequantize_q5_k(raw):
 
 
 def _t_dequantize_q6_k(raw):
-    import torch
-
     b = raw.reshape(-1, 210)
     nb = len(b)
     low = _t_nibbles(b[:, :128], 32).reshape(nb, 2, 2, 2, 32).transpose(2, 3).reshape(nb, 2, 4, 32)
@@ -642,8 +1007,6 @@ def _t_dequantize_q6_k(raw):
 
 
 def _t_dequantize_q8_k(raw):
-    import torch
-
     b = raw.reshape(-1, 292)
     d = b[:, :4].contiguous().view(torch.float32)
     return (d * b[:, 4:260].contiguous().view(torch.int8).float()).reshape(len(b), QK_K)
@@ -661,3 +1024,10 @@ _TYPES = {  # qtype: (block bytes, quantize blocks, dequantize blocks, torch deq
 QUANTIZE = {q: _row_quantizer(f) for q, (_, f, _, _) in _TYPES.items() if f is not None}
 DEQUANTIZE = {q: _row_dequantizer(f, size) for q, (size, _, f, _) in _TYPES.items()}
 DEQUANTIZE_TORCH = {q: _row_dequantizer(f, size) for q, (size, _, _, f) in _TYPES.items()}
+QUANTIZE_TORCH = {
+    T.Q2_K: _t_row_quantizer(_t_quantize_q2_k),
+    T.Q3_K: _t_row_quantizer(_t_quantize_q3_k),
+    T.Q4_K: _t_row_quantizer(_t_quantize_q4_k),
+    T.Q5_K: _t_row_quantizer(_t_quantize_q5_k),
+    T.Q6_K: _t_row_quantizer(_t_quantize_q6_k),
+}

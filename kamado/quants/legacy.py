@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from kamado.gguf.constants import GGMLQuantizationType as Q
+from kamado.quants.floats import div, f32_to_f16_bits, f32_to_f16_bits_torch, sqrt
 from kamado.quants.floats import f16_bytes_to_f32 as _f16_to_f32
 from kamado.quants.floats import f16_bytes_to_f32_torch as _t_f16
-from kamado.quants.floats import f32_to_f16_bits
 
 QK = 32
 GROUP_MAX_EPS = np.float32(1e-15)
@@ -260,6 +260,196 @@ def _quantize_q8_0(x, imatrix):
     return _assemble(_f16_bytes(d), q.view(np.uint8)).reshape(x.shape[0], -1)
 
 
+# ---------------------------------------------------------------- quantizers (torch twins, any device)
+# The same float32 operations in the same order as the numpy quantizers above; sums run in index order over
+# the leading axis of (32, blocks) tensors, one elementwise add per term.
+
+
+def _t_f16_bytes(d: torch.Tensor) -> torch.Tensor:
+    return f32_to_f16_bits_torch(d).view(torch.uint8).reshape(-1, 2)
+
+
+def _t_sum_in_order(terms: torch.Tensor) -> torch.Tensor:
+    total = terms[0] + 0.0
+    for t in terms[1:]:
+        total += t
+    return total
+
+
+def _t_first_absmax(b: torch.Tensor, dim: int) -> torch.Tensor:
+    idx = b.abs().argmax(dim=dim, keepdim=True)  # torch, like numpy, returns the first of equal maxima
+    return torch.take_along_dim(b, idx, dim=dim).squeeze(dim)
+
+
+def _t_reciprocal_or_zero(d: torch.Tensor) -> torch.Tensor:
+    return torch.where(d != 0, div(1, d), 0.0)
+
+
+def _t_pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    return q[:, :16] | (q[:, 16:] << 4)
+
+
+def _t_pack_high_bits(q: torch.Tensor) -> torch.Tensor:
+    bits = ((q >> 4) & 1).to(torch.int32).reshape(len(q), 4, 8) << torch.arange(8, device=q.device, dtype=torch.int32)
+    return bits.sum(dim=2).to(torch.uint8)
+
+
+def _t_row_sigma2(x: torch.Tensor) -> torch.Tensor:
+    return div(_t_sum_in_order((x * x).T), x.shape[1])
+
+
+def _t_importance(x: torch.Tensor, imatrix: torch.Tensor) -> torch.Tensor:
+    return imatrix[None, :] * sqrt(_t_row_sigma2(x)[:, None] + x * x)
+
+
+def _t_blocks_t(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(-1, QK).T.contiguous()
+
+
+def _t_round_half_away(v: torch.Tensor) -> torch.Tensor:
+    t = torch.trunc(v)
+    return t + torch.trunc((v - t) * 2.0)
+
+
+def _t_make_qx_quants(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch twin of _make_qx_quants."""
+    signed_max = _t_first_absmax(x, dim=0)
+    all_zero = signed_max.abs() < float(GROUP_MAX_EPS)
+    safe_max = torch.where(all_zero, 1.0, signed_max)
+    wx = w * x
+
+    def levels(iscale):
+        return torch.round(iscale * x).clamp_(float(-nmax), float(nmax - 1))
+
+    def attempt(iscale):
+        level = levels(iscale)
+        return _t_sum_in_order(wx * level), _t_sum_in_order(w * level * level)
+
+    best_iscale = div(F32(-nmax), safe_max)
+    sumlx, suml2 = attempt(best_iscale)
+    scale = torch.where(suml2 != 0, div(sumlx, suml2), 0.0)
+    best = scale * sumlx
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        iscale = div(-(F32(nmax) + F32(0.1) * F32(step)), safe_max)
+        sumlx, suml2 = attempt(iscale)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        best_iscale = torch.where(better, iscale, best_iscale)
+        scale = torch.where(better, div(sumlx, suml2), scale)
+        best = torch.where(better, scale * sumlx, best)
+    level = levels(best_iscale)
+    level[:, all_zero] = float(-nmax)
+    scale = torch.where(all_zero, 0.0, scale)
+    return scale, (level + float(nmax)).to(torch.uint8)
+
+
+def _t_make_qkx3_quants(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch twin of _make_qkx3_quants."""
+    rmin, rdelta, nstep = F32(-0.9), F32(0.05), 36
+    fmax = float(nmax)
+    lo = x.amin(dim=0)
+    hi = x.amax(dim=0)
+    sum_w = _t_sum_in_order(w)
+    sum_x = _t_sum_in_order(w * x)
+    lo = torch.where(lo > 0, 0.0, lo)
+    flat = hi <= lo
+
+    def levels(iscale, minimum):
+        v = (x - minimum) * iscale
+        v = torch.where(v > 0, v, 0.0)
+        return torch.round(torch.clamp_max(v, fmax))
+
+    def weighted_error(scale, minimum, level):
+        term = scale * level + minimum - x
+        return _t_sum_in_order(w * (term * term))
+
+    iscale = div(fmax, hi - lo)
+    scale = div(1, iscale)
+    best_iscale, best_lo = iscale, lo
+    best_mad = weighted_error(scale, lo, levels(iscale, lo))
+    for step in range(nstep + 1):
+        iscale = div(rmin + rdelta * F32(step) + F32(fmax), hi - lo)
+        level = levels(iscale, lo)
+        wl = w * level
+        sum_l = _t_sum_in_order(wl)
+        sum_l2 = _t_sum_in_order(wl * level)
+        sum_xl = _t_sum_in_order(wl * x)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = div(sum_w * sum_xl - sum_x * sum_l, det)
+        this_min = div(sum_l2 * sum_x - sum_l * sum_xl, det)
+        positive = this_min > 0
+        this_min = torch.where(positive, 0.0, this_min)
+        this_scale = torch.where(positive, div(sum_xl, sum_l2), this_scale)
+        mad = weighted_error(this_scale, this_min, level)
+        better = (det > 0) & (mad < best_mad) & ~flat
+        best_iscale = torch.where(better, iscale, best_iscale)
+        best_lo = torch.where(better, lo, best_lo)
+        best_mad = torch.where(better, mad, best_mad)
+        scale = torch.where(better, this_scale, scale)
+        lo = torch.where(better, this_min, lo)
+    level = levels(best_iscale, best_lo)
+    level[:, flat] = 0.0
+    scale = torch.where(flat, 0.0, scale)
+    return scale, lo, level.to(torch.uint8)
+
+
+def _t_symmetric_ref(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b = x.reshape(-1, QK)
+    d = div(_t_first_absmax(b, dim=1), F32(-nmax))
+    q = b * _t_reciprocal_or_zero(d)[:, None] + float(nmax + 0.5)
+    return d, torch.clamp_max(q.to(torch.int32), 2 * nmax - 1).to(torch.uint8)
+
+
+def _t_affine_ref(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b = x.reshape(-1, QK)
+    lo = b.amin(dim=1)
+    d = div(b.amax(dim=1) - lo, F32(nmax))
+    q = ((b - lo[:, None]) * _t_reciprocal_or_zero(d)[:, None] + 0.5).to(torch.int32)
+    return d, lo, (torch.clamp_max(q, 15) if nmax == 15 else q & 0xFF).to(torch.uint8)
+
+
+def _t_symmetric_impl(x, imatrix, nmax):
+    d, level = _t_make_qx_quants(_t_blocks_t(x), _t_blocks_t(_t_importance(x, imatrix)), nmax)
+    return d, level.T.contiguous()
+
+
+def _t_affine_impl(x, imatrix, nmax):
+    d, lo, level = _t_make_qkx3_quants(_t_blocks_t(x), _t_blocks_t(_t_importance(x, imatrix)), nmax)
+    return d, lo, level.T.contiguous()
+
+
+def _t_assemble(n_rows: int, *fields: torch.Tensor) -> torch.Tensor:
+    return torch.cat(fields, dim=1).reshape(n_rows, -1)
+
+
+def _t_quantize_q4_0(x, imatrix):
+    d, q = _t_symmetric_ref(x, 8) if imatrix is None else _t_symmetric_impl(x, imatrix, 8)
+    return _t_assemble(x.shape[0], _t_f16_bytes(d), _t_pack_nibbles(q))
+
+
+def _t_quantize_q5_0(x, imatrix):
+    d, q = _t_symmetric_ref(x, 16) if imatrix is None else _t_symmetric_impl(x, imatrix, 16)
+    return _t_assemble(x.shape[0], _t_f16_bytes(d), _t_pack_high_bits(q), _t_pack_nibbles(q & 15))
+
+
+def _t_quantize_q4_1(x, imatrix):
+    d, lo, q = _t_affine_ref(x, 15) if imatrix is None else _t_affine_impl(x, imatrix, 15)
+    return _t_assemble(x.shape[0], _t_f16_bytes(d), _t_f16_bytes(lo), _t_pack_nibbles(q))
+
+
+def _t_quantize_q5_1(x, imatrix):
+    d, lo, q = _t_affine_ref(x, 31) if imatrix is None else _t_affine_impl(x, imatrix, 31)
+    return _t_assemble(x.shape[0], _t_f16_bytes(d), _t_f16_bytes(lo), _t_pack_high_bits(q), _t_pack_nibbles(q & 15))
+
+
+def _t_quantize_q8_0(x, imatrix):
+    b = x.reshape(-1, QK)
+    d = div(b.abs().amax(dim=1), F32(127))
+    q = _t_round_half_away(b * _t_reciprocal_or_zero(d)[:, None]).to(torch.int8)
+    return _t_assemble(x.shape[0], _t_f16_bytes(d), q.view(torch.uint8))
+
+
 # ---------------------------------------------------------------- dequantizers (numpy)
 
 
@@ -355,6 +545,13 @@ def _t_dequantize_q8_0(raw):
 
 
 QUANTIZE = {Q.Q4_0: _quantize_q4_0, Q.Q4_1: _quantize_q4_1, Q.Q5_0: _quantize_q5_0, Q.Q5_1: _quantize_q5_1, Q.Q8_0: _quantize_q8_0}
+QUANTIZE_TORCH = {
+    Q.Q4_0: _t_quantize_q4_0,
+    Q.Q4_1: _t_quantize_q4_1,
+    Q.Q5_0: _t_quantize_q5_0,
+    Q.Q5_1: _t_quantize_q5_1,
+    Q.Q8_0: _t_quantize_q8_0,
+}
 DEQUANTIZE = {
     Q.Q4_0: _dequantize_q4_0,
     Q.Q4_1: _dequantize_q4_1,
