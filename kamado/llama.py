@@ -49,7 +49,8 @@ class Llama:
         self.verbose = verbose
         self._reader = GGUFReader(model_path)
         self.metadata = {k: v if isinstance(v, str) else str(v) for k, v in self._reader.metadata.items() if not isinstance(v, list)}
-        self.model = load_model(self._reader, kernels, n_ctx=n_ctx, progress=self._progress if verbose else None)
+        self.model = load_model(self._reader, kernels, n_ctx=n_ctx, progress=self._progress if verbose else None,
+                                n_gpu_layers=n_gpu_layers)
         self.tokenizer_ = Tokenizer.from_gguf(self._reader)
         self._n_ctx = n_ctx or self.model.cfg.n_ctx_train
         self.n_batch = n_batch

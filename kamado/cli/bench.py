@@ -179,15 +179,16 @@ def bench_model(path: Path, args, tests: list[tuple[int, int]], threads_list: li
     except ValueError as e:  # GGUFError, ModelError and TokenizerError are ValueErrors
         fail(str(e))
     runner = Runner(llm)
+    backend = "CUDA" if any(d.type == "cuda" for d in llm.model.layer_devices) else "CPU"  # llama-bench's names
     results = []
     for threads in threads_list:
         torch.set_num_threads(threads)
         for n_prompt, n_gen in tests:
-            r = Result(path.name, model_type(meta, n_params), size, n_params, "CPU", threads, args.batch_size, args.n_gpu_layers,
+            r = Result(path.name, model_type(meta, n_params), size, n_params, backend, threads, args.batch_size, args.n_gpu_layers,
                        n_prompt, n_gen, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             if args.progress:
                 print(f"kamado bench: {path.name}, {threads} threads, {r.test_name}: warm-up and {args.repetitions} runs", file=sys.stderr)
-            runner.run(min(n_prompt, 32), min(n_gen, 1))  # warm-up, as llama-bench
+            runner.run(n_prompt, min(n_gen, 1))  # warm-up as llama-bench's: the whole prompt (compiles the GPU kernels), 1 token
             r.samples_ns = [runner.run(n_prompt, n_gen) for _ in range(args.repetitions)]
             results.append(r)
     return results

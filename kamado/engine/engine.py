@@ -102,7 +102,8 @@ class Engine:
         cfg = model.cfg
         self.model, self.tokenizer = model, tokenizer
         self.n_ctx, self.n_seq_max, self.n_batch = n_ctx, n_seq_max, n_batch
-        self.cache = PagedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, kv_tokens or n_ctx * n_seq_max, page_size)
+        self.cache = PagedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, kv_tokens or n_ctx * n_seq_max, page_size,
+                                  getattr(model, "layer_devices", None))
         self.eog = set(getattr(tokenizer, "eog_ids", ()) or ())
         self._waiting: list[Handle] = []
         self._running: list[_Sequence] = []
@@ -204,20 +205,26 @@ class Engine:
     def _attend(self, segments):
         """An `attend` callback for rows grouped as [(sequence, first_row, n_rows, first_position)]."""
         cache = self.cache
+        indices = {}  # (segment, first key position, device) -> slot and position tensors, shared by the layers of a step
+
+        def index(i, first, device):
+            key = (i, first, device)
+            if key not in indices:  # built on the CPU, copied to the layer's device once per step, not once per layer
+                seq, _, n, pos = segments[i]
+                parts = (cache.slots(seq.pages, pos, pos + n), cache.slots(seq.pages, first, pos + n),
+                         torch.arange(pos, pos + n), torch.arange(first, pos + n))
+                indices[key] = tuple(t.to(device) for t in parts)
+            return indices[key]
 
         def attend(spec, q, k, v):
             outs = []
-            for seq, row, n, pos in segments:
-                slots = cache.slots(seq.pages, pos, pos + n)
-                kc, vc = cache.k[spec.index], cache.v[spec.index]
+            kc, vc = cache.k[spec.index], cache.v[spec.index]
+            for i, (_, row, n, pos) in enumerate(segments):
+                first = max(0, pos - spec.window + 1) if spec.window else 0
+                slots, k_slots, q_pos, k_pos = index(i, first, kc.device)
                 kc[slots] = k[row : row + n].to(kc.dtype)
                 vc[slots] = v[row : row + n].to(vc.dtype)
-                first = max(0, pos - spec.window + 1) if spec.window else 0
-                k_slots = cache.slots(seq.pages, first, pos + n)
-                outs.append(
-                    attention(q[row : row + n], kc[k_slots], vc[k_slots], torch.arange(pos, pos + n), torch.arange(first, pos + n),
-                              spec.scale, spec.window, spec.softcap)
-                )
+                outs.append(attention(q[row : row + n], kc[k_slots], vc[k_slots], q_pos, k_pos, spec.scale, spec.window, spec.softcap))
             return torch.cat(outs)
 
         return attend

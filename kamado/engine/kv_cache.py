@@ -22,12 +22,15 @@ class CacheFullError(RuntimeError):
 
 
 class PagedKVCache:
-    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, head_dim_v: int, n_tokens: int, page_size: int = 16):
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, head_dim_v: int, n_tokens: int, page_size: int = 16,
+                 devices: list | None = None):
+        """devices: where each layer's slots live (its layer computes there); default all on the CPU."""
         self.page_size = page_size
         self.n_pages = max(1, -(-n_tokens // page_size))
         slots = self.n_pages * page_size
-        self.k = [torch.zeros(slots, n_head_kv, head_dim, dtype=torch.float16) for _ in range(n_layer)]
-        self.v = [torch.zeros(slots, n_head_kv, head_dim_v, dtype=torch.float16) for _ in range(n_layer)]
+        devices = devices or ["cpu"] * n_layer
+        self.k = [torch.zeros(slots, n_head_kv, head_dim, dtype=torch.float16, device=d) for d in devices]
+        self.v = [torch.zeros(slots, n_head_kv, head_dim_v, dtype=torch.float16, device=d) for d in devices]
         self.refs = [0] * self.n_pages
         self.free = list(range(self.n_pages - 1, -1, -1))
         self.cached: OrderedDict[int, bytes] = OrderedDict()  # released pages still holding a prefix, LRU first

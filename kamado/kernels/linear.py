@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from kamado.gguf.constants import GGMLQuantizationType
+from kamado.kernels.activations import activation_rounding
 from kamado.quants import QuantError, dequantize_torch
 
 FLOAT_TYPES = {GGMLQuantizationType.F32: torch.float32, GGMLQuantizationType.F16: torch.float16, GGMLQuantizationType.BF16: torch.bfloat16}
@@ -61,21 +62,34 @@ class QuantTensor:
 
 
 class ReferenceLinear:
-    """y = x @ W.T with W dequantized to float32 on every call, chunk by chunk (exact, slow)."""
+    """y = x @ W.T in float32 with W dequantized exactly on every call, chunk by chunk (exact, slow)."""
 
     def __init__(self, tensor: QuantTensor):
         _check_2d(tensor)
         self.tensor = tensor
         self.out_features, self.in_features = tensor.shape
 
+    def round_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.round_input(x)
         parts = [x @ self.tensor.dequantize(slice(a, b)).T for a, b in self.tensor.row_chunks()]
         return torch.cat(parts, dim=-1)
 
     def rows(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Exact outputs for selected output features only: (M, in) x ids (M, k) -> (M, k)."""
+        """Outputs for selected output features only: (M, in) x ids (M, k) -> (M, k)."""
         w = self.tensor.dequantize(ids.reshape(-1)).reshape(*ids.shape, self.in_features)
-        return torch.einsum("mi,mki->mk", x, w)
+        return torch.einsum("mi,mki->mk", self.round_input(x), w)
+
+
+class GgmlLinear(ReferenceLinear):
+    """llama.cpp's product, slowly: x rounded as ggml-cpu rounds it for this weight type
+    (kamado.kernels.activations), then the exact float32 product. The yardstick of the fast CPU backend."""
+
+    def __init__(self, tensor: QuantTensor):
+        super().__init__(tensor)
+        self.round_input = activation_rounding(tensor.qtype)
 
 
 def _check_2d(tensor: QuantTensor) -> None:
@@ -104,4 +118,10 @@ def _cpu(tensor: QuantTensor):
     return Int8Linear(tensor)
 
 
-BACKENDS = {"reference": ReferenceLinear, "cpu": _cpu}
+def _cuda(tensor: QuantTensor):
+    from kamado.kernels.triton import make_linear as make_triton_linear
+
+    return make_triton_linear(tensor, "cuda")
+
+
+BACKENDS = {"reference": ReferenceLinear, "ggml": GgmlLinear, "cpu": _cpu, "cuda": _cuda}

@@ -8,24 +8,39 @@ from __future__ import annotations
 
 from kamado.models import gemma2, gemma3, llama, phi3, qwen2, qwen3
 from kamado.models.config import ModelConfig, ModelError
-from kamado.models.decoder import ArchSpec, DecoderModel, LayerAttention, solo_attend
+from kamado.models.decoder import ArchSpec, DecoderModel, LayerAttention, Offload, solo_attend
+from kamado.models.placement import offload_for
 
 ARCHITECTURES: dict[str, ArchSpec] = {k: v for m in (llama, qwen2, qwen3, gemma2, gemma3, phi3) for k, v in m.ARCHS.items()}
 
 
-def load_model(reader, backend: str = "cpu", n_ctx: int = 0, progress=None) -> DecoderModel:
-    """Build the model a kamado.gguf GGUFReader describes; weights stay in the file's block formats."""
+def load_model(reader, backend: str = "cpu", n_ctx: int = 0, progress=None, n_gpu_layers: int = 0) -> DecoderModel:
+    """Build the model a kamado.gguf GGUFReader describes; weights stay in the file's block formats.
+
+    backend: kernel backend of kamado.kernels ("reference" also computes activations and attention in exact
+    float32, see exact.py). n_ctx: the context each sequence gets (0: the model's training context); Phi-3's
+    longrope picks its long or short factors from it, as llama.cpp does. n_gpu_layers: llama.cpp's -ngl
+    (kamado.models.placement: -1 = all, N = the first N layers on the GPU; ignored with a note without CUDA).
+    """
     meta = reader.metadata
+    source = getattr(reader, "path", "model")
     name = meta.get("general.architecture")
     supported = f"supported architectures: {', '.join(sorted(ARCHITECTURES))}"
+    if name is None:
+        raise ModelError(f"{source}: metadata key general.architecture is missing; {supported}")
     if name not in ARCHITECTURES:
-        raise ModelError(f"{reader.path if hasattr(reader, 'path') else 'model'}: unknown architecture {name!r}; {supported}")
-    embd = reader.tensors.get("token_embd.weight")
-    if embd is None:
-        raise ModelError(f"{name} model: tensor token_embd.weight is missing ({supported})")
-    cfg = ModelConfig.from_metadata(meta, n_vocab=int(embd.shape[0]))
-    cfg.extra["n_ctx"] = n_ctx
-    return DecoderModel(cfg, ARCHITECTURES[name], reader.tensors, backend, supported, progress)
+        raise ModelError(f"{source}: unknown architecture {name!r}; {supported}")
+    try:
+        embd = reader.tensors.get("token_embd.weight")
+        if embd is None:
+            raise ModelError(f"{name} model: tensor token_embd.weight is missing ({supported})")
+        cfg = ModelConfig.from_metadata(meta, n_vocab=int(embd.shape[0]))
+        cfg.extra["n_ctx"] = n_ctx or cfg.n_ctx_train
+        offload = offload_for(n_gpu_layers, cfg.n_layer)
+        return DecoderModel(cfg, ARCHITECTURES[name], reader.tensors, backend, supported, progress, offload)
+    except ModelError as e:
+        raise ModelError(f"{source}: {e}") from None
 
 
-__all__ = ["ARCHITECTURES", "ArchSpec", "DecoderModel", "LayerAttention", "ModelConfig", "ModelError", "load_model", "solo_attend"]
+__all__ = ["ARCHITECTURES", "ArchSpec", "DecoderModel", "LayerAttention", "ModelConfig", "ModelError", "Offload", "load_model",
+           "solo_attend"]

@@ -1,7 +1,9 @@
 """Building blocks shared by every architecture: norms, rotary embeddings, attention, feed-forward, MoE.
 
-Numerics follow llama.cpp's CPU graph where it matters for parity: float32 activations, RoPE angles
-built by repeated float32 multiplication as ggml's rope cache does, attention softmax in float32.
+Numerics follow llama.cpp's CPU graph (ggml-cpu) where it matters for parity: float32 activations,
+RMS norm summed in float64, GELU through ggml's fp16 lookup table, RoPE angles built by repeated float32
+multiplication as ggml's rope cache does, attention over an F16 KV cache (see `attention`).
+docs/NUMERICS.md measures what these change against llama.cpp's recorded outputs.
 """
 
 from __future__ import annotations
@@ -14,12 +16,29 @@ import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    # ggml: squares in float32 summed in double, mean and 1/sqrtf(mean + eps) in float32, then x * scale.
+    mean = (x.pow(2).double().sum(-1, keepdim=True) / x.shape[-1]).float()
+    y = x * (1.0 / torch.sqrt(mean + eps))
     return y if weight is None else y * weight
 
 
+_GELU_TABLE: torch.Tensor | None = None
+
+
+def _gelu_table() -> torch.Tensor:
+    """ggml's table: for every fp16 bit pattern h, fp16(gelu_tanh(h)) computed in float32 (GGML_GELU_FP16)."""
+    global _GELU_TABLE
+    if _GELU_TABLE is None:
+        x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+        inner = math.sqrt(2.0 / math.pi) * x * (1.0 + 0.044715 * x * x)
+        _GELU_TABLE = (0.5 * x * (1.0 + torch.tanh(inner))).half().float()
+    return _GELU_TABLE
+
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
+    """ggml-cpu's GELU: x rounded to fp16 and looked up in the fp16 table; 0 below -10, x itself above 10."""
+    looked_up = _gelu_table()[x.half().view(torch.int16).long() & 0xFFFF]
+    return torch.where(x <= -10.0, torch.zeros_like(x), torch.where(x >= 10.0, x, looked_up))
 
 
 ACTIVATIONS = {"silu": F.silu, "gelu": gelu_tanh}
@@ -105,21 +124,22 @@ def attention(
     """Causal attention of one sequence: q (T, H, D), k/v (S, Hkv, D*) at positions k_pos -> (T, H*Dv).
 
     Key j is visible to query i when k_pos[j] <= q_pos[i] and, with a sliding window, q_pos[i] - k_pos[j] < window.
+    Keys and values are rounded to fp16 as llama.cpp's default F16 KV cache holds them; the rest is float32, as
+    ggml-cpu's tiled flash-attention kernel computes it (batches of 64+ query rows). Its one-row kernel (fewer
+    rows: every decode step) also rounds queries and the running value sum to fp16; docs/NUMERICS.md says what
+    emulating that changed and why it is not done here.
     """
-    n_head, n_kv = q.shape[1], k.shape[1]
-    group = n_head // n_kv
-    qg = q.float().reshape(q.shape[0], n_kv, group, q.shape[2])
-    scores = torch.einsum("tkgd,skd->kgts", qg, k.float()) * scale
-    if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
+    n_tok, n_head, n_kv = q.shape[0], q.shape[1], k.shape[1]
+    qg = q.float().reshape(n_tok, n_kv, n_head // n_kv, q.shape[2])
+    scores = torch.einsum("tkgd,skd->kgts", qg, k.half().float())
+    scores = torch.tanh(scores * (scale / softcap)) * softcap if softcap else scores * scale
     delta = q_pos[:, None] - k_pos[None, :]
     visible = delta >= 0
     if window:
         visible &= delta < window
-    scores = scores.masked_fill(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.einsum("kgts,skd->tkgd", probs, v.float())
-    return out.reshape(q.shape[0], n_head * v.shape[2])
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    out = torch.einsum("kgts,skd->tkgd", probs, v.half().float())
+    return out.reshape(n_tok, n_head * v.shape[2])
 
 
 def top_k_routing(router_logits: torch.Tensor, k: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,9 @@
-"""Hyper-parameters of a decoder model, read from GGUF metadata (`{arch}.*` keys) as llama.cpp reads them."""
+"""Hyper-parameters of a decoder model, read from GGUF metadata (`{arch}.*` keys) as llama.cpp reads them.
+
+Like llama.cpp's common loader, the supported architectures take YaRN's beta_fast/beta_slow as 32/1 and its
+attention factor as 0.1*ln(factor)+1 whatever rope.scaling.yarn_* keys the file holds (llama.cpp reads those
+only for a few other architectures), so a file gives the same logits here as in llama.cpp.
+"""
 
 from __future__ import annotations
 
@@ -26,12 +31,11 @@ class ModelConfig:
     n_ctx_train: int
     rope_base: float
     rope_dims: int
+    rope_base_swa: float = 0.0  # sliding-window layers' own rope base (Gemma 3), 0 = the architecture's default
     rope_scaling: str = "none"
     rope_scale_factor: float = 1.0
     rope_orig_ctx: int = 0
     rope_attn_factor: float = 1.0
-    yarn_beta_fast: float = 32.0
-    yarn_beta_slow: float = 1.0
     sliding_window: int = 0
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
@@ -71,12 +75,11 @@ class ModelConfig:
             n_ctx_train=int(get("context_length", 2048)),
             rope_base=float(get("rope.freq_base", 10000.0)),
             rope_dims=int(get("rope.dimension_count", head_dim)),
+            rope_base_swa=float(get("rope.freq_base_swa", 0.0) or 0.0),
             rope_scaling=str(get("rope.scaling.type", "none")),
             rope_scale_factor=float(get("rope.scaling.factor", 1.0) or 1.0),
             rope_orig_ctx=int(get("rope.scaling.original_context_length", 0) or 0),
             rope_attn_factor=float(get("rope.scaling.attn_factor", 1.0) or 1.0),
-            yarn_beta_fast=float(get("rope.scaling.yarn_beta_fast", 32.0)),
-            yarn_beta_slow=float(get("rope.scaling.yarn_beta_slow", 1.0)),
             sliding_window=int(get("attention.sliding_window", 0) or 0),
             attn_softcap=float(get("attn_logit_softcapping", 0.0) or 0.0),
             final_softcap=float(get("final_logit_softcapping", 0.0) or 0.0),

@@ -15,8 +15,27 @@ from dataclasses import dataclass
 import torch
 
 from kamado.kernels import QuantTensor, embedding_rows, make_linear
+from kamado.models import exact
 from kamado.models.blocks import ACTIVATIONS, Rope, RopeSpec, attention, rms_norm, top_k_routing
 from kamado.models.config import ModelConfig, ModelError
+
+# The kernel backend whose models also compute activations and attention in plain float32 (kamado/models/exact.py).
+EXACT_BACKEND = "reference"
+# Backends whose layers also use exact.ACTIVATIONS: ggml's fp16 GELU table is a CPU lookup (ggml-cuda computes GELU in float32).
+EXACT_ACTIVATION_BACKENDS = {EXACT_BACKEND, "cuda"}
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Which layers run where: the first `n_layers` on `device` with kernel `backend`, the rest on the CPU.
+
+    The output layer goes to the device only when every layer does (llama.cpp's -ngl >= n_layer + 1 is
+    "all of it" for us). backend "reference" with device "cpu" exercises the same placement code on a CPU.
+    """
+
+    n_layers: int = 0
+    device: str = "cuda"
+    backend: str = "cuda"
 
 
 @dataclass(frozen=True)
@@ -29,7 +48,7 @@ class ArchSpec:
     post_norms: bool = False  # post_attention_norm / post_ffw_norm before the residual add (Gemma 2/3)
     activation: str = "silu"
     swa_pattern: int = 0  # 0: every layer uses the window (if any); n: layer il is local unless il % n == n - 1
-    swa_rope_base: float = 0.0  # local layers' own rope base (Gemma 3), 0 = same as global
+    swa_rope_base: float = 0.0  # local layers' rope base when the file has no rope.freq_base_swa (Gemma 3), 0 = same as global
     big_attention_scale_layers: int = 0  # layer count of the variant scaling queries by 1/sqrt(n_embd/n_head) (Gemma 27B)
 
 
@@ -41,6 +60,7 @@ class LayerAttention:
     scale: float
     window: int
     softcap: float
+    exact: bool = False  # plain float32 (exact.attention) rather than llama.cpp's fp16 K/V numerics
 
 
 AttendFn = Callable[[LayerAttention, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,8 +84,9 @@ class _Tensors:
 
 
 class Layer:
-    def __init__(self, il: int, cfg: ModelConfig, arch: ArchSpec, t: _Tensors, backend: str):
+    def __init__(self, il: int, cfg: ModelConfig, arch: ArchSpec, t: _Tensors, backend: str, device: str = "cpu"):
         p = f"blk.{il}."
+        self.device = torch.device(device)
         self.attn_norm = t.vector(p + "attn_norm.weight")
         qkv = t.get(p + "attn_qkv.weight", required=False)
         if qkv is not None:
@@ -81,7 +102,7 @@ class Layer:
         self.post_attn_norm = t.vector(p + "post_attention_norm.weight", required=arch.post_norms)
         self.ffn_norm = t.vector(p + "ffn_norm.weight")
         self.post_ffn_norm = t.vector(p + "post_ffw_norm.weight", required=arch.post_norms)
-        self.act = ACTIVATIONS[arch.activation]
+        self.act = (exact.ACTIVATIONS if backend in EXACT_ACTIVATION_BACKENDS else ACTIVATIONS)[arch.activation]
         if cfg.n_expert:
             self.router = make_linear(t.get(p + "ffn_gate_inp.weight"), backend)
             self.experts = [
@@ -93,6 +114,9 @@ class Layer:
             self.gate = None if gate is None else make_linear(gate, backend)
             self.up = make_linear(t.get(p + "ffn_up.weight"), backend)
             self.down = make_linear(t.get(p + "ffn_down.weight"), backend)
+        for name, value in list(vars(self).items()):  # norm and bias vectors live beside the layer's weights
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(self.device))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is None:  # fused gate_up (Phi-3): gate is the first half
@@ -117,23 +141,27 @@ def _expert_linear(t: QuantTensor, e: int, backend: str):
 
 
 class DecoderModel(torch.nn.Module):
-    def __init__(self, cfg: ModelConfig, arch: ArchSpec, tensors: dict, backend: str, supported: str, progress=None):
+    def __init__(self, cfg: ModelConfig, arch: ArchSpec, tensors: dict, backend: str, supported: str, progress=None,
+                 offload: Offload = Offload()):
         super().__init__()
         self.cfg, self.arch = cfg, arch
         t = _Tensors(tensors, cfg.arch, supported)
-        self.token_embd = t.get("token_embd.weight")
+        self.token_embd = t.get("token_embd.weight")  # rows are looked up on the CPU, from the mmap
         self.layers = []
         for il in range(cfg.n_layer):
-            self.layers.append(Layer(il, cfg, arch, t, backend))
+            on_device = il < offload.n_layers
+            self.layers.append(Layer(il, cfg, arch, t, offload.backend if on_device else backend, offload.device if on_device else "cpu"))
             if progress:
                 progress(il + 1, cfg.n_layer)
-        self.output_norm = t.vector("output_norm.weight")
+        output_on_device = offload.n_layers >= cfg.n_layer
+        self.output_device = torch.device(offload.device if output_on_device else "cpu")
+        self.output_norm = t.vector("output_norm.weight").to(self.output_device)
         out = t.get("output.weight", required=False) or self.token_embd  # tied embeddings
-        self.output = make_linear(out, backend)
+        self.output = make_linear(out, offload.backend if output_on_device else backend)
         self.embed_scale = math.sqrt(cfg.n_embd) if arch.embed_scale else 1.0
-        self._build_attention(t)
+        self._build_attention(t, exact_math=backend == EXACT_BACKEND)
 
-    def _build_attention(self, t: _Tensors) -> None:
+    def _build_attention(self, t: _Tensors, exact_math: bool) -> None:
         cfg, arch = self.cfg, self.arch
         if arch.big_attention_scale_layers and cfg.n_layer == arch.big_attention_scale_layers:
             scale = 1.0 / math.sqrt(cfg.n_embd / cfg.n_head)
@@ -153,22 +181,26 @@ class DecoderModel(torch.nn.Module):
                 freq_scale=freq_scale,
                 ext_factor=1.0 if scaling == "yarn" else 0.0,
                 attn_factor=cfg.rope_attn_factor,
-                beta_fast=cfg.yarn_beta_fast,
-                beta_slow=cfg.yarn_beta_slow,
                 n_ctx_orig=cfg.rope_orig_ctx or cfg.n_ctx_train,
             ),
             freq_factors,
         )
-        local_rope = Rope(RopeSpec(cfg.rope_dims, arch.swa_rope_base, arch.rope_neox)) if arch.swa_rope_base else global_rope
+        local_base = cfg.rope_base_swa or arch.swa_rope_base
+        local_rope = Rope(RopeSpec(cfg.rope_dims, local_base, arch.rope_neox)) if local_base else global_rope
         self.attn, self.ropes = [], []
         for il in range(cfg.n_layer):
             local = bool(cfg.sliding_window) and (not arch.swa_pattern or il % arch.swa_pattern != arch.swa_pattern - 1)
-            self.attn.append(LayerAttention(il, scale, cfg.sliding_window if local else 0, cfg.attn_softcap))
+            self.attn.append(LayerAttention(il, scale, cfg.sliding_window if local else 0, cfg.attn_softcap, exact_math))
             self.ropes.append(local_rope if local else global_rope)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = embedding_rows(self.token_embd, tokens)
         return x * self.embed_scale if self.embed_scale != 1.0 else x
+
+    @property
+    def layer_devices(self) -> list[torch.device]:
+        """Where each layer computes (its KV cache belongs there too)."""
+        return [layer.device for layer in self.layers]
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, attend: AttendFn) -> torch.Tensor:
         """Final-normed hidden states (T, n_embd) of all rows."""
@@ -177,9 +209,11 @@ class DecoderModel(torch.nn.Module):
         n = len(tokens)
         trig = {}
         for layer, spec, rope in zip(self.layers, self.attn, self.ropes, strict=True):
-            if id(rope) not in trig:
-                trig[id(rope)] = rope.cos_sin(positions)
-            cos, sin = trig[id(rope)]
+            x = x.to(layer.device)  # crosses devices once per CPU/GPU boundary (a no-op otherwise)
+            key = (id(rope), layer.device)
+            if key not in trig:  # rope tables are computed on the CPU (float32 as ggml), then moved once per step
+                trig[key] = tuple(c.to(layer.device) for c in rope.cos_sin(positions))
+            cos, sin = trig[key]
             h = rms_norm(x, layer.attn_norm, cfg.eps)
             if layer.qkv is not None:
                 q, k, v = layer.qkv(h).split([cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim, cfg.n_head_kv * cfg.head_dim_v], -1)
@@ -207,7 +241,7 @@ class DecoderModel(torch.nn.Module):
             if layer.post_ffn_norm is not None:
                 f = rms_norm(f, layer.post_ffn_norm, cfg.eps)
             x = x + f
-        return rms_norm(x, self.output_norm, cfg.eps)
+        return rms_norm(x.to(self.output_device), self.output_norm, cfg.eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         out = self.output(hidden)
@@ -231,6 +265,7 @@ def solo_attend(n_layer: int) -> AttendFn:
         values[il] = v if values[il] is None else torch.cat([values[il], v])
         k_pos = torch.arange(keys[il].shape[0])
         q_pos = k_pos[-q.shape[0] :]
-        return attention(q, keys[il], values[il], q_pos, k_pos, spec.scale, spec.window, spec.softcap)
+        compute = exact.attention if spec.exact else attention
+        return compute(q, keys[il], values[il], q_pos, k_pos, spec.scale, spec.window, spec.softcap)
 
     return attend

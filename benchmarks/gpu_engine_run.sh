@@ -1,0 +1,20 @@
+#!/bin/bash
+# One device call: GPU engine tests, synthetic 8B models, kamado bench and batched decode (docs/GPU.md, "The engine on the GPU").
+# Run from the repo root on the GPU machine with .whl carried: bash benchmarks/gpu_engine_run.sh
+set -u
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT; M=/tmp/synth; mkdir -p $M
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee $OUT/gpu.txt
+timeout 150 python3 -m pytest tests/engine/test_gpu.py -q -rs -x 2>&1 | tee $OUT/tests.txt
+for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
+  s=$(date +%s.%N)
+  timeout 120 python3 -m kamado.synthetic --shape llama3-8b --type $T -o $M/llama3-8b-$T.gguf --device cuda
+  echo "synthetic $T: $(echo "$(date +%s.%N) - $s" | bc) s, $(du -h $M/llama3-8b-$T.gguf | cut -f1)" | tee -a $OUT/synth.txt
+  timeout 150 python3 -c 'import sys; from kamado.cli.main import main; sys.exit(main())' bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 512 -n 128 -r ${REPS:-3} 2>&1 | tee -a $OUT/bench.md
+  if [ "$T" = Q4_K_M ] && [ -n "${NPL:-}" ]; then
+    timeout 200 python3 benchmarks/bench_gpu_batched.py -m $M/llama3-8b-$T.gguf --npl $NPL 2>&1 | tee -a $OUT/batched.md
+  fi
+  rm -f $M/llama3-8b-$T.gguf
+done

@@ -1,0 +1,144 @@
+"""The GPU path (n_gpu_layers) against the CPU reference backend, on synthetic models written by kamado.synthetic.
+
+GPU tests are marked gpu and skip without CUDA + Triton; the placement logic also runs on the CPU (device "cpu"
+forced through the same Offload code) and the no-GPU fallback is checked everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kamado.engine import Engine, Request, SamplingParams
+from kamado.gguf import GGUFReader
+from kamado.kernels import triton
+from kamado.models import DecoderModel, Offload, load_model
+from kamado.models.placement import offload_for
+from kamado.synthetic import PRESETS, write_synthetic
+
+N_GEN = 8
+LOGPROB_TOLERANCE = 0.02
+needs_gpu = pytest.mark.skipif(not triton.available(), reason="needs a CUDA device and Triton")
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def _model_file(directory, file_type: str):
+    path = directory / f"tiny-{file_type}.gguf"
+    if not path.exists():
+        write_synthetic(path, "tiny-llama", file_type, device="cuda" if torch.cuda.is_available() else "cpu", pure=True)
+    return path
+
+
+def _run(model, prompt: list[int]) -> list[tuple[int, dict[int, float]]]:
+    """Greedy continuation with each step's top-5 logprobs: [(token, {id: logprob})]."""
+    engine = Engine(model, n_ctx=128, n_seq_max=2)
+    try:
+        events = engine.generate(Request(prompt, SamplingParams(temperature=0.0, n_probs=5), max_tokens=N_GEN, ignore_eos=True))
+    finally:
+        engine.close()
+    assert events[-1].error is None, events[-1].error
+    return [(e.token, dict(e.top)) for e in events[:-1]]
+
+
+def _assert_same(got, want):
+    assert [t for t, _ in got] == [t for t, _ in want], "greedy continuations differ"
+    for step, ((_, g), (_, w)) in enumerate(zip(got, want, strict=True)):
+        for token, logprob in w.items():
+            if token in g:
+                assert abs(g[token] - logprob) <= LOGPROB_TOLERANCE, f"step {step}, token {token}: {g[token]} vs {logprob}"
+            else:  # a near-tie at the 5th place may swap in another token; it must then be the weakest
+                assert logprob <= min(g.values()) + LOGPROB_TOLERANCE, f"step {step}: token {token} missing from the top 5"
+
+
+def _prompt(seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [1] + rng.integers(259, PRESETS["tiny-llama"].n_vocab, 11).tolist()
+
+
+def test_offload_resolution_without_gpu(capsys, monkeypatch):
+    monkeypatch.setattr(triton, "available", lambda: False)
+    assert offload_for(0, 32) == Offload()
+    assert offload_for(-1, 32) == Offload()
+    assert "n_gpu_layers=-1 ignored" in capsys.readouterr().err
+
+
+def test_offload_resolution_with_gpu(monkeypatch):
+    monkeypatch.setattr(triton, "available", lambda: True)
+    assert offload_for(-1, 32).n_layers == 32
+    assert offload_for(99, 32).n_layers == 32
+    assert offload_for(5, 32).n_layers == 5
+    assert offload_for(0, 32).n_layers == 0
+
+
+def test_hybrid_placement_on_cpu(synthetic_dir):
+    """The placement code (layer devices, output device, per-layer backends) with the device forced to the CPU."""
+    path = _model_file(synthetic_dir, "Q8_0")
+    with GGUFReader(path) as reader:
+        base = load_model(reader, "reference")
+        cfg = base.cfg
+        split = DecoderModel(cfg, base.arch, reader.tensors, "cpu", "test", offload=Offload(1, "cpu", "reference"))
+        prompt = _prompt()
+        assert [type(lin).__name__ for lin in (split.layers[0].q, split.layers[1].q)] == ["ReferenceLinear", "Int8Linear"]
+        assert split.output_device.type == "cpu" and type(split.output).__name__ == "Int8Linear"
+        full = DecoderModel(cfg, base.arch, reader.tensors, "cpu", "test", offload=Offload(cfg.n_layer, "cpu", "reference"))
+        assert type(full.output).__name__ == "ReferenceLinear"
+        _assert_same(_run(full, prompt), _run(base, prompt))
+
+
+def test_no_gpu_fallback_matches_cpu(synthetic_dir, monkeypatch, capsys):
+    monkeypatch.setattr(triton, "available", lambda: False)
+    path = _model_file(synthetic_dir, "Q4_0")
+    with GGUFReader(path) as reader:
+        cpu, asked = load_model(reader, "cpu"), load_model(reader, "cpu", n_gpu_layers=-1)
+        assert all(d.type == "cpu" for d in asked.layer_devices)
+        assert _run(asked, _prompt(1)) == _run(cpu, _prompt(1))
+    assert "ignored" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("file_type", ["Q4_K_S", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16"])
+def test_gpu_matches_cpu_reference(synthetic_dir, file_type):
+    path = _model_file(synthetic_dir, file_type)
+    with GGUFReader(path) as reader:
+        cpu = load_model(reader, "reference")
+        gpu = load_model(reader, "reference", n_gpu_layers=-1)
+        assert all(d.type == "cuda" for d in gpu.layer_devices) and gpu.output_device.type == "cuda"
+        for seed in range(2):
+            _assert_same(_run(gpu, _prompt(seed)), _run(cpu, _prompt(seed)))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("file_type", ["Q4_K_S", "Q8_0"])
+def test_hybrid_matches_full_gpu(synthetic_dir, file_type):
+    path = _model_file(synthetic_dir, file_type)
+    with GGUFReader(path) as reader:
+        hybrid = load_model(reader, "reference", n_gpu_layers=1)
+        assert [d.type for d in hybrid.layer_devices] == ["cuda", "cpu"] and hybrid.output_device.type == "cpu"
+        full = load_model(reader, "reference", n_gpu_layers=-1)
+        _assert_same(_run(hybrid, _prompt()), _run(full, _prompt()))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_batched_decode_on_gpu_matches_single(synthetic_dir):
+    """Several sequences decoding together give each the tokens it gets alone (the fused GEMM path, M > 1)."""
+    path = _model_file(synthetic_dir, "Q4_K_M")
+    with GGUFReader(path) as reader:
+        gpu = load_model(reader, "reference", n_gpu_layers=-1)
+        alone = [_run(gpu, _prompt(s)) for s in range(4)]
+        engine = Engine(gpu, n_ctx=128, n_seq_max=4)
+        try:
+            handles = [engine.submit(Request(_prompt(s), SamplingParams(temperature=0.0, n_probs=5), max_tokens=N_GEN, ignore_eos=True))
+                       for s in range(4)]
+            together = [[(e.token, dict(e.top)) for e in list(h)[:-1]] for h in handles]
+        finally:
+            engine.close()
+        for got, want in zip(together, alone, strict=True):
+            _assert_same(got, want)
