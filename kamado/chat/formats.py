@@ -270,6 +270,14 @@ def _gemma(messages) -> str:
     return out + "<start_of_turn>model\n"
 
 
+def _plain(messages) -> str:
+    # For models without a chat template, which are nearly always base models: plain "User:"/"Assistant:"
+    # lines that a model trained on ordinary text continues sensibly; the next "User:" line ends the answer.
+    system = _system(messages)
+    turns = _turns(messages, {"user": "User", "assistant": "Assistant"})
+    return (system + "\n\n" if system else "") + "".join(f"{role}: {text}\n" if text else f"{role}:" for role, text in turns)
+
+
 def _phi3(messages) -> str:
     out = "".join(f"<|{m['role']}|>\n{m.get('content') or ''}<|end|>\n" for m in messages)
     return out + "<|assistant|>\n"
@@ -302,6 +310,7 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
         ChatFormat("saiga", _saiga),
         ChatFormat("gemma", _gemma, ("<end_of_turn>",)),
         ChatFormat("phi-3", _phi3, ("<|end|>",)),
+        ChatFormat("plain", _plain, ("\nUser:",)),
     )
 }
 

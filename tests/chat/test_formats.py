@@ -93,7 +93,7 @@ def test_matches_llama_cpp_python(name, prompt, stop):
 
 
 def test_every_required_name_is_registered():
-    required = {c[0] for c in LLAMA_CPP_PYTHON} | {"gemma", "open-orca", "saiga", "phi-3"}
+    required = {c[0] for c in LLAMA_CPP_PYTHON} | {"gemma", "open-orca", "saiga", "phi-3", "plain"}
     assert required == set(CHAT_FORMATS)
 
 

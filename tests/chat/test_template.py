@@ -192,23 +192,30 @@ def test_resolve_order():
     with_template = metadata(**{"tokenizer.chat_template": CHATML})
     assert isinstance(resolve_chat_format(with_template), ChatTemplate)
     assert resolve_chat_format(with_template, "llama-3").name == "llama-3"
-    assert resolve_chat_format(metadata(**{"general.architecture": "gemma3"})).name == "gemma"
-    assert resolve_chat_format(metadata(**{"general.architecture": "phi3"})).name == "phi-3"
-    fallback = resolve_chat_format(metadata())
-    assert isinstance(fallback, ChatFormat) and fallback.name == "chatml"
+    # Without a template (a base model, nearly always): plain User:/Assistant: lines, whatever the family.
+    for arch in ("gemma3", "phi3", "llama"):
+        fallback = resolve_chat_format(metadata(**{"general.architecture": arch}))
+        assert isinstance(fallback, ChatFormat) and fallback.name == "plain"
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Capital of France?"}]
+    assert fallback.render(conversation) == "Be brief.\n\nUser: Hi\nAssistant: Hello.\nUser: Capital of France?\nAssistant:"
+    assert fallback.stop == ("\nUser:",)
     with pytest.raises(ChatTemplateError, match="unknown chat format"):
         resolve_chat_format(with_template, "no-such-format")
 
 
 @pytest.mark.realmodel
-def test_real_gemma_uses_the_gemma_format(gemma_path):
+def test_real_gemma_base_model_uses_the_plain_format(gemma_path):
     from kamado.gguf.reader import GGUFReader
 
     md = GGUFReader(gemma_path).metadata
-    assert "tokenizer.chat_template" not in md
+    assert "tokenizer.chat_template" not in md  # the package's Gemma 3 270M is the base model
     fmt = resolve_chat_format(md)
-    assert fmt.name == "gemma"
-    assert fmt.render([{"role": "user", "content": "Hi"}]) == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    assert fmt.name == "plain"
+    assert fmt.render([{"role": "user", "content": "Hi"}]) == "User: Hi\nAssistant:"
+    assert resolve_chat_format(md, "gemma").render([{"role": "user", "content": "Hi"}]) == (
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    )
 
 
 @pytest.mark.realmodel
