@@ -58,6 +58,10 @@ class Tokenizer:
             from kamado.tokenizer.wpm import WordPiece
 
             return WordPiece(v)
+        if v.model == "ugm":
+            from kamado.tokenizer.ugm import Unigram
+
+            return Unigram(v, source)
         raise TokenizerError(f"{source}: tokenizer type {v.model!r} (tokenizer.ggml.model) is not supported by kamado yet")
 
     # -- properties -------------------------------------------------------------------------------------------------
@@ -112,6 +116,12 @@ class Tokenizer:
             return out
         if add_special and v.add_bos:
             out.append(v.bos_id)
+        if v.model == "ugm":
+            for p in pieces:
+                out.extend(self._engine.encode(p) if isinstance(p, str) else (p,))
+            if add_special and v.add_eos:
+                out.append(v.eos_id)
+            return out
         texts: list[str] = []
         prev_special = True
         for p in pieces:

@@ -75,6 +75,7 @@ class Vocab:
     remove_extra_whitespaces: bool = False
     clean_spaces: bool = False
     escape_whitespaces: bool = True
+    precompiled_charsmap: bytes = b""  # ugm: SentencePiece's normalisation rules
     eog_ids: frozenset[int] = frozenset()
     special_ids: list[int] = field(default_factory=list)  # control/user-defined/unknown, longest text first
 
@@ -91,6 +92,16 @@ def _array(md: dict, key: str, n: int, dtype) -> np.ndarray | None:
     if arr.ndim != 1 or len(arr) < n:
         raise TokenizerError(f"{key} has {arr.size} entries, fewer than the {n} tokens")
     return arr[:n].astype(dtype)
+
+
+def _bytes(md: dict, key: str, source: str) -> bytes:
+    value = md.get(key)
+    if value is None:
+        return b""
+    arr = np.asarray(value)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu" or (arr.size and (arr.min() < -128 or arr.max() > 255)):
+        raise TokenizerError(f"{source}: {key} must be an array of bytes (int8/uint8)")
+    return arr.astype(np.int64).astype(np.uint8).tobytes()
 
 
 def _special_id(md: dict, key: str, default: int | None, n: int) -> int | None:
@@ -150,6 +161,8 @@ def load_vocab(md: dict, source: str = "GGUF metadata") -> Vocab:
         v.add_sep = v.add_sep or spec.add_sep
         if spec.no_bos:
             bos = None
+    if kind == "ugm":
+        v.precompiled_charsmap = _bytes(md, "tokenizer.ggml.precompiled_charsmap", source)
     v.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", v.add_space_prefix))
     v.remove_extra_whitespaces = bool(md.get("tokenizer.ggml.remove_extra_whitespaces", False))
 
