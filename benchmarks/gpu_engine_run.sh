@@ -9,9 +9,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p $OUT; M=/tmp/synth; mkdir -p $M
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee $OUT/gpu.txt
 timeout 150 python3 -m pytest tests/engine/test_gpu.py -q -rs -x 2>&1 | tee $OUT/tests.txt
 for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
-  s=$(date +%s.%N)
+  s=$SECONDS
   timeout 120 python3 -m kamado.synthetic --shape llama3-8b --type $T -o $M/llama3-8b-$T.gguf --device cuda
-  echo "synthetic $T: $(echo "$(date +%s.%N) - $s" | bc) s, $(du -h $M/llama3-8b-$T.gguf | cut -f1)" | tee -a $OUT/synth.txt
+  echo "synthetic $T: $((SECONDS - s)) s, $(du -h $M/llama3-8b-$T.gguf | cut -f1)" | tee -a $OUT/synth.txt
   timeout 150 python3 -c 'import sys; from kamado.cli.main import main; sys.exit(main())' bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 512 -n 128 -r ${REPS:-3} 2>&1 | tee -a $OUT/bench.md
   if [ "$T" = Q4_K_M ] && [ -n "${NPL:-}" ]; then
     timeout 200 python3 benchmarks/bench_gpu_batched.py -m $M/llama3-8b-$T.gguf --npl $NPL 2>&1 | tee -a $OUT/batched.md

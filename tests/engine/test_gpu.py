@@ -46,13 +46,19 @@ def _run(model, prompt: list[int]) -> list[tuple[int, dict[int, float]]]:
 
 
 def _assert_same(got, want):
-    assert [t for t, _ in got] == [t for t, _ in want], "greedy continuations differ"
-    for step, ((_, g), (_, w)) in enumerate(zip(got, want, strict=True)):
+    """Top-5 logprobs agree step by step; greedy tokens agree until a near-tie (top two within the tolerance in the
+    reference), after which the continuations may legitimately part (random weights give such ties now and then)."""
+    assert len(got) == len(want)
+    for step, ((gt, g), (wt, w)) in enumerate(zip(got, want, strict=True)):
+        if gt != wt:
+            assert gt in w and w[wt] - w[gt] <= LOGPROB_TOLERANCE, f"step {step}: greedy {gt} vs {wt} without a near-tie ({w})"
         for token, logprob in w.items():
             if token in g:
                 assert abs(g[token] - logprob) <= LOGPROB_TOLERANCE, f"step {step}, token {token}: {g[token]} vs {logprob}"
             else:  # a near-tie at the 5th place may swap in another token; it must then be the weakest
                 assert logprob <= min(g.values()) + LOGPROB_TOLERANCE, f"step {step}: token {token} missing from the top 5"
+        if gt != wt:
+            return
 
 
 def _prompt(seed: int = 0) -> list[int]:
