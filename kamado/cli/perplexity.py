@@ -100,7 +100,9 @@ def main(argv: list[str]) -> int:
         n_chunks = min(n_chunks, args.chunks)
     t0 = time.perf_counter()
     try:
-        model = load_model(reader, "cpu", n_ctx=n_ctx)
+        # Whole chunks are scored in one pass, where the exact "ggml" backend costs little more than the fast
+        # one and follows llama.cpp's CPU arithmetic more closely (docs/NUMERICS.md).
+        model = load_model(reader, "ggml", n_ctx=n_ctx)
     except ModelError as e:
         fail(str(e))
     print(f"perplexity: model loaded in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
