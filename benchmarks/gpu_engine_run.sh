@@ -1,20 +1,26 @@
 #!/bin/bash
 # One device call: GPU engine tests, synthetic 8B models, kamado bench and batched decode (docs/GPU.md, "The engine on the GPU").
 # Run from the repo root on the GPU machine with .whl carried: bash benchmarks/gpu_engine_run.sh
+# Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE=1 adds a short eager tg run (KAMADO_CUDA_GRAPHS=0).
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT; M=/tmp/synth; mkdir -p $M
+KAMADO=(python3 -c 'import sys; from kamado.cli.main import main; sys.exit(main())')  # the device has no `kamado` command
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee $OUT/gpu.txt
-timeout 150 python3 -m pytest tests/engine/test_gpu.py -q -rs -x 2>&1 | tee $OUT/tests.txt
+timeout ${TEST_LIMIT:-150} python3 -m pytest tests/engine/test_gpu.py -q -rs -x 2>&1 | tee $OUT/tests.txt
 for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
   s=$SECONDS
   timeout 120 python3 -m kamado.synthetic --shape llama3-8b --type $T -o $M/llama3-8b-$T.gguf --device cuda
   echo "synthetic $T: $((SECONDS - s)) s, $(du -h $M/llama3-8b-$T.gguf | cut -f1)" | tee -a $OUT/synth.txt
-  timeout 150 python3 -c 'import sys; from kamado.cli.main import main; sys.exit(main())' bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 512 -n 128 -r ${REPS:-3} 2>&1 | tee -a $OUT/bench.md
+  timeout 60 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 0 -n 16 -r 1 > /dev/null 2>&1  # fills Triton's disk cache
+  timeout 120 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 512 -n 128 -r ${REPS:-3} 2>&1 | tee -a $OUT/bench.md
   if [ "$T" = Q4_K_M ] && [ -n "${NPL:-}" ]; then
-    timeout 200 python3 benchmarks/bench_gpu_batched.py -m $M/llama3-8b-$T.gguf --npl $NPL 2>&1 | tee -a $OUT/batched.md
+    timeout ${BATCHED_LIMIT:-200} python3 benchmarks/bench_gpu_batched.py -m $M/llama3-8b-$T.gguf --npl $NPL 2>&1 | tee -a $OUT/batched.md
+  fi
+  if [ -n "${BASELINE:-}" ]; then
+    KAMADO_CUDA_GRAPHS=0 timeout 40 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 0 -n 32 -r 1 2>&1 | tee -a $OUT/baseline.md
   fi
   rm -f $M/llama3-8b-$T.gguf
 done

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kamado.engine.cuda_graph import DecodeGraphs
 from kamado.engine.kv_cache import CacheFullError, PagedKVCache
 from kamado.engine.sampler import SampledToken, Sampler, SamplingParams
 from kamado.engine.stop import StopMatcher
@@ -104,6 +105,7 @@ class Engine:
         self.n_ctx, self.n_seq_max, self.n_batch = n_ctx, n_seq_max, n_batch
         self.cache = PagedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, kv_tokens or n_ctx * n_seq_max, page_size,
                                   getattr(model, "layer_devices", None))
+        self._graphs = DecodeGraphs(model, self.cache) if DecodeGraphs.supported(model) else None  # whole model on one GPU
         self.eog = set(getattr(tokenizer, "eog_ids", ()) or ())
         self._waiting: list[Handle] = []
         self._running: list[_Sequence] = []
@@ -222,9 +224,11 @@ class Engine:
             for i, (_, row, n, pos) in enumerate(segments):
                 first = max(0, pos - spec.window + 1) if spec.window else 0
                 slots, k_slots, q_pos, k_pos = index(i, first, kc.device)
-                kc[slots] = k[row : row + n].to(kc.dtype)
-                vc[slots] = v[row : row + n].to(vc.dtype)
-                outs.append(attention(q[row : row + n], kc[k_slots], vc[k_slots], q_pos, k_pos, spec.scale, spec.window, spec.softcap))
+                # index_copy_/index_select: ~5x faster on the CPU than indexing with a tensor (index_put/index)
+                kc.index_copy_(0, slots, k[row : row + n].to(kc.dtype))
+                vc.index_copy_(0, slots, v[row : row + n].to(vc.dtype))
+                keys, values = kc.index_select(0, k_slots), vc.index_select(0, k_slots)
+                outs.append(attention(q[row : row + n], keys, values, q_pos, k_pos, spec.scale, spec.window, spec.softcap))
             return torch.cat(outs)
 
         return attend
@@ -241,10 +245,13 @@ class Engine:
             self._accept(seq, seq.sampler.sample(logits[0], seq.tokens))
 
     def _decode(self, seqs: list[_Sequence]) -> None:
-        tokens = torch.tensor([s.tokens[-1] for s in seqs])
-        positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
-        segments = [(s, i, 1, len(s.tokens) - 1) for i, s in enumerate(seqs)]
-        logits = self.model(tokens, positions, self._attend(segments), torch.arange(len(seqs)))
+        if self._graphs is not None:
+            logits = self._graphs.logits([(s.tokens[-1], len(s.tokens) - 1, s.pages) for s in seqs])
+        else:
+            tokens = torch.tensor([s.tokens[-1] for s in seqs])
+            positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
+            segments = [(s, i, 1, len(s.tokens) - 1) for i, s in enumerate(seqs)]
+            logits = self.model(tokens, positions, self._attend(segments), torch.arange(len(seqs)))
         for i, s in enumerate(seqs):
             self._computed(s, len(s.tokens))
             self._accept(s, s.sampler.sample(logits[i], s.tokens))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from kamado.kernels import QuantTensor, embedding_rows, make_linear
+from kamado.kernels.cpu import fused_linear
 from kamado.models import exact
 from kamado.models.blocks import ACTIVATIONS, Rope, RopeSpec, attention, rms_norm, top_k_routing
 from kamado.models.config import ModelConfig, ModelError
@@ -23,6 +24,8 @@ from kamado.models.config import ModelConfig, ModelError
 EXACT_BACKEND = "reference"
 # Backends whose layers also use exact.ACTIVATIONS: ggml's fp16 GELU table is a CPU lookup (ggml-cuda computes GELU in float32).
 EXACT_ACTIVATION_BACKENDS = {EXACT_BACKEND, "cuda"}
+# The backend whose q/k/v and gate/up weights are joined into one product each (kamado.kernels.cpu.fused_linear).
+FUSING_BACKEND = "cpu"
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,9 @@ class Layer:
             self.qkv = make_linear(qkv, backend)
             self.q = self.k = self.v = None
         else:
-            self.qkv = None
-            self.q, self.k, self.v = (make_linear(t.get(p + f"attn_{n}.weight"), backend) for n in "qkv")
+            weights = [t.get(p + f"attn_{n}.weight") for n in "qkv"]
+            self.qkv = fused_linear(weights) if backend == FUSING_BACKEND else None
+            self.q, self.k, self.v = (None, None, None) if self.qkv else (make_linear(w, backend) for w in weights)
         self.q_bias, self.k_bias, self.v_bias = (t.vector(p + f"attn_{n}.bias", required=False) for n in "qkv")
         self.q_norm = t.vector(p + "attn_q_norm.weight", required=False)
         self.k_norm = t.vector(p + "attn_k_norm.weight", required=False)
@@ -110,9 +114,10 @@ class Layer:
                 for e in range(cfg.n_expert)
             ]
         else:
-            gate = t.get(p + "ffn_gate.weight", required=False)
-            self.gate = None if gate is None else make_linear(gate, backend)
-            self.up = make_linear(t.get(p + "ffn_up.weight"), backend)
+            gate, up = t.get(p + "ffn_gate.weight", required=False), t.get(p + "ffn_up.weight")
+            fused = fused_linear([gate, up]) if gate is not None and backend == FUSING_BACKEND else None
+            self.gate = None if gate is None or fused else make_linear(gate, backend)
+            self.up = fused or make_linear(up, backend)  # fused: gate is the first half, as Phi-3's gate_up
             self.down = make_linear(t.get(p + "ffn_down.weight"), backend)
         for name, value in list(vars(self).items()):  # norm and bias vectors live beside the layer's weights
             if isinstance(value, torch.Tensor):
@@ -202,12 +207,17 @@ class DecoderModel(torch.nn.Module):
         """Where each layer computes (its KV cache belongs there too)."""
         return [layer.device for layer in self.layers]
 
-    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, attend: AttendFn) -> torch.Tensor:
-        """Final-normed hidden states (T, n_embd) of all rows."""
+    def hidden(self, tokens: torch.Tensor | None, positions: torch.Tensor, attend: AttendFn, trig: dict | None = None,
+               x: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-normed hidden states (T, n_embd) of all rows.
+
+        A CUDA graph (kamado/engine/cuda_graph.py) passes the embeddings `x` and the rope tables `trig`
+        ({(id(rope), device): (cos, sin)}) in static device buffers instead of `tokens`, so no CPU work is captured.
+        """
         cfg = self.cfg
-        x = self.embed(tokens)
-        n = len(tokens)
-        trig = {}
+        x = self.embed(tokens) if x is None else x
+        n = x.shape[0]
+        trig = {} if trig is None else trig
         for layer, spec, rope in zip(self.layers, self.attn, self.ropes, strict=True):
             x = x.to(layer.device)  # crosses devices once per CPU/GPU boundary (a no-op otherwise)
             key = (id(rope), layer.device)

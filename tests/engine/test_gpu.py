@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from kamado.engine import Engine, Request, SamplingParams
+from kamado.engine.cuda_graph import DecodeGraphs, paged_attention
 from kamado.gguf import GGUFReader
 from kamado.kernels import triton
 from kamado.models import DecoderModel, Offload, load_model
+from kamado.models.blocks import attention
 from kamado.models.placement import offload_for
 from kamado.synthetic import PRESETS, write_synthetic
 
@@ -89,7 +91,7 @@ def test_hybrid_placement_on_cpu(synthetic_dir):
         cfg = base.cfg
         split = DecoderModel(cfg, base.arch, reader.tensors, "cpu", "test", offload=Offload(1, "cpu", "reference"))
         prompt = _prompt()
-        assert [type(lin).__name__ for lin in (split.layers[0].q, split.layers[1].q)] == ["ReferenceLinear", "Int8Linear"]
+        assert [type(lin).__name__ for lin in (split.layers[0].o, split.layers[1].o)] == ["ReferenceLinear", "Int8Linear"]
         assert split.output_device.type == "cpu" and type(split.output).__name__ == "Int8Linear"
         full = DecoderModel(cfg, base.arch, reader.tensors, "cpu", "test", offload=Offload(cfg.n_layer, "cpu", "reference"))
         assert type(full.output).__name__ == "ReferenceLinear"
@@ -147,4 +149,67 @@ def test_batched_decode_on_gpu_matches_single(synthetic_dir):
         finally:
             engine.close()
         for got, want in zip(together, alone, strict=True):
+            _assert_same(got, want)
+
+
+# ---- CUDA graphs for decode (kamado/engine/cuda_graph.py) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (5, 0.0), (0, 30.0)])
+def test_paged_attention_matches_per_sequence_attention(window, softcap):
+    """The batched, fixed-shape attention equals blocks.attention run sequence by sequence on the gathered keys."""
+    gen = torch.Generator().manual_seed(0)
+    n_slots, n_kv, n_head, dim, page = 96, 2, 6, 8, 4
+    k_cache = torch.randn(n_slots, n_kv, dim, generator=gen).half()
+    v_cache = torch.randn(n_slots, n_kv, dim, generator=gen).half()
+    positions = torch.tensor([0, 6, 13])
+    n_keys = 16
+    pages = torch.randperm(n_slots // page, generator=gen)[: 3 * (n_keys // page)].reshape(3, -1)
+    slot_table = (pages[:, :, None] * page + torch.arange(page)).reshape(3, n_keys)
+    q = torch.randn(3, n_head, dim, generator=gen)
+    got = paged_attention(q, k_cache, v_cache, slot_table, positions, 0.3, window, softcap)
+    for i, pos in enumerate(positions.tolist()):
+        keys = slot_table[i, : pos + 1]
+        want = attention(q[i : i + 1], k_cache[keys], v_cache[keys], positions[i : i + 1], torch.arange(pos + 1), 0.3, window, softcap)
+        torch.testing.assert_close(got[i : i + 1], want, rtol=1e-5, atol=1e-6)
+
+
+def _decode_together(model, prompts, graphs_capture: bool | None):
+    """Greedy continuations of all prompts decoded in one batch; graphs_capture None: the eager engine path."""
+    engine = Engine(model, n_ctx=128, n_seq_max=len(prompts))
+    if graphs_capture is not None:
+        engine._graphs = DecodeGraphs(model, engine.cache, capture=graphs_capture)
+    try:
+        params = SamplingParams(temperature=0.0, n_probs=5)
+        handles = [engine.submit(Request(p, params, max_tokens=N_GEN, ignore_eos=True)) for p in prompts]
+        events = [list(h) for h in handles]
+    finally:
+        engine.close()
+    assert all(e[-1].error is None for e in events), [e[-1].error for e in events]
+    return [[(e.token, dict(e.top)) for e in ev[:-1]] for ev in events]
+
+
+def test_static_decode_forward_on_cpu(synthetic_dir):
+    """The graph's static-buffer forward (bucketed rows and keys, padding rows, slot table, rope buffers) run eagerly on
+    the CPU gives what the engine's per-sequence path gives; 3 sequences pad to a bucket of 4."""
+    path = _model_file(synthetic_dir, "Q8_0")
+    with GGUFReader(path) as reader:
+        model = load_model(reader, "reference")
+        assert not DecodeGraphs.supported(model)
+        prompts = [_prompt(s) for s in range(3)]
+        for got, want in zip(_decode_together(model, prompts, False), _decode_together(model, prompts, None), strict=True):
+            _assert_same(got, want)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_graph_decode_matches_eager(synthetic_dir, monkeypatch):
+    path = _model_file(synthetic_dir, "Q4_K_M")
+    with GGUFReader(path) as reader:
+        gpu = load_model(reader, "reference", n_gpu_layers=-1)
+        assert DecodeGraphs.supported(gpu)
+        monkeypatch.setenv("KAMADO_CUDA_GRAPHS", "0")
+        assert not DecodeGraphs.supported(gpu)
+        prompts = [_prompt(s) for s in range(3)]
+        for got, want in zip(_decode_together(gpu, prompts, True), _decode_together(gpu, prompts, None), strict=True):
             _assert_same(got, want)

@@ -1,0 +1,143 @@
+"""CUDA graphs for the engine's decode step: one replay instead of ~2,000 kernel launches (docs/GPU.md, "CUDA graphs").
+
+A decode step on the GPU was host-bound: every eager torch op costs ~20 µs of Python and launch time, and a
+Llama-3-8B step has ~1,965 of them. Here the whole forward of a decode batch (32 layers + output) is captured once
+per shape and replayed. Shapes are bucketed: rows to the next power of two (padding rows repeat row 0, so they
+compute and store exactly row 0's keys/values), keys to the next power of two >= the longest sequence. Attention
+reads the paged KV cache through a fixed-shape slot table and hides keys beyond each row's position, so nothing
+inside the graph depends on Python-side lengths.
+
+Everything that is not fixed-shape GPU work stays outside the graph and is copied into static buffers each step:
+the embedding rows (looked up on the CPU from the mmap), the rope tables (ggml's float32 recipe, on the CPU), the
+slot indices. `capture=False` runs the same static-buffer forward eagerly, which is how the CPU tests check it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+MIN_KEYS = 64  # smallest key bucket: fewer graphs for short contexts, negligible extra attention work
+
+
+def _bucket(n: int, least: int = 1) -> int:
+    return max(least, 1 << (n - 1).bit_length())
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_table: torch.Tensor, positions: torch.Tensor,
+                    scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+    """One query row per sequence, all sequences at once: q (B, H, D); slot_table (B, S) holds the cache slot of each
+    sequence's key position 0..S-1 (entries past a row's position may point anywhere: they are hidden); -> (B, H*Dv).
+
+    The same arithmetic as kamado.models.blocks.attention (fp16 keys/values, float32 math), batched over rows.
+    """
+    n_rows, n_head, head_dim = q.shape
+    n_kv = k_cache.shape[1]
+    k = k_cache[slot_table].float()  # (B, S, Hkv, D)
+    v = v_cache[slot_table].float()
+    qg = q.float().reshape(n_rows, n_kv, n_head // n_kv, head_dim)
+    scores = torch.einsum("bkgd,bskd->bkgs", qg, k)
+    scores = torch.tanh(scores * (scale / softcap)) * softcap if softcap else scores * scale
+    delta = positions[:, None] - torch.arange(slot_table.shape[1], device=slot_table.device)[None, :]
+    visible = delta >= 0
+    if window:
+        visible &= delta < window
+    probs = torch.softmax(scores.masked_fill(~visible[:, None, None, :], float("-inf")), dim=-1)
+    out = torch.einsum("bkgs,bskd->bkgd", probs, v)
+    return out.reshape(n_rows, n_head * v.shape[-1])
+
+
+class _Shape:
+    """Static input buffers of one (rows, keys) bucket, and its captured graph once there is one."""
+
+    def __init__(self, model, n_rows: int, n_keys: int, device: torch.device):
+        long = dict(dtype=torch.long, device=device)
+        self.x = torch.zeros(n_rows, model.cfg.n_embd, device=device)
+        self.positions = torch.zeros(n_rows, **long)
+        self.write_slots = torch.zeros(n_rows, **long)
+        self.slot_table = torch.zeros(n_rows, n_keys, **long)
+        # keyed as DecoderModel.hidden keys its rope tables, so hidden() finds them and computes none itself
+        ropes = {(id(rope), layer.device): rope for rope, layer in zip(model.ropes, model.layers, strict=True)}
+        self.trig = {key: tuple(torch.zeros(n_rows, rope.spec.n_dims // 2, device=device) for _ in "cs") for key, rope in ropes.items()}
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+
+
+class DecodeGraphs:
+    """Decode forwards of a model whose layers and output all sit on one CUDA device, replayed from CUDA graphs."""
+
+    def __init__(self, model, cache, capture: bool = True):
+        self.model, self.cache, self.capture = model, cache, capture
+        self.device = model.output_device
+        self.ropes = {id(rope): rope for rope in model.ropes}
+        self.shapes: dict[tuple[int, int], _Shape] = {}
+        self.pool = None  # one memory pool for every graph: they never run concurrently
+
+    @staticmethod
+    def supported(model) -> bool:
+        """All layers and the output on one CUDA device, no experts (MoE routing syncs with the host); KAMADO_CUDA_GRAPHS=0 turns it off."""
+        devices = set(getattr(model, "layer_devices", None) or ["cpu"]) | {getattr(model, "output_device", torch.device("cpu"))}
+        return (os.environ.get("KAMADO_CUDA_GRAPHS", "1") != "0" and len(devices) == 1 and torch.device(devices.pop()).type == "cuda"
+                and not model.cfg.n_expert)
+
+    def logits(self, rows: list[tuple[int, int, list[int]]]) -> torch.Tensor:
+        """rows: (last token, its position, the sequence's pages) per decoding sequence -> float32 logits (rows, vocab) on the CPU."""
+        n = len(rows)
+        n_rows = _bucket(n)
+        n_keys = _bucket(max(pos for _, pos, _ in rows) + 1, MIN_KEYS)
+        rows = rows + [rows[0]] * (n_rows - n)
+        shape = self.shapes.get((n_rows, n_keys))
+        if shape is None:
+            shape = self.shapes[(n_rows, n_keys)] = _Shape(self.model, n_rows, n_keys, self.device)
+        self._fill(shape, rows)
+        if not self.capture:
+            return self._forward(shape)[:n].cpu()
+        if shape.graph is None:
+            self._capture(shape)
+        shape.graph.replay()
+        return shape.out[:n].cpu()
+
+    def _fill(self, shape: _Shape, rows: list[tuple[int, int, list[int]]]) -> None:
+        page_size = self.cache.page_size
+        n_keys = shape.slot_table.shape[1]
+        positions = torch.tensor([pos for _, pos, _ in rows])
+        pages = torch.zeros(len(rows), -(-n_keys // page_size), dtype=torch.long)  # pages past a sequence's end: 0, hidden
+        for i, (_, _, seq_pages) in enumerate(rows):
+            used = seq_pages[: pages.shape[1]]
+            pages[i, : len(used)] = torch.tensor(used, dtype=torch.long)
+        slots = (pages[:, :, None] * page_size + torch.arange(page_size)).reshape(len(rows), -1)[:, :n_keys]
+        shape.x.copy_(self.model.embed(torch.tensor([token for token, _, _ in rows])))
+        shape.positions.copy_(positions)
+        shape.write_slots.copy_(slots[torch.arange(len(rows)), positions])
+        shape.slot_table.copy_(slots)
+        for (rope_id, _), (cos, sin) in shape.trig.items():
+            c, s = self.ropes[rope_id].cos_sin(positions)
+            cos.copy_(c)
+            sin.copy_(s)
+
+    def _forward(self, shape: _Shape) -> torch.Tensor:
+        """The decode forward over the static buffers (what the graph holds): stores the new K/V, returns logits."""
+        cache = self.cache
+
+        def attend(spec, q, k, v):
+            kc, vc = cache.k[spec.index], cache.v[spec.index]
+            kc.index_copy_(0, shape.write_slots, k.to(kc.dtype))
+            vc.index_copy_(0, shape.write_slots, v.to(vc.dtype))
+            return paged_attention(q, kc, vc, shape.slot_table, shape.positions, spec.scale, spec.window, spec.softcap)
+
+        hidden = self.model.hidden(None, shape.positions, attend, trig=dict(shape.trig), x=shape.x)
+        return self.model.logits(hidden)
+
+    def _capture(self, shape: _Shape) -> None:
+        # Warm-up outside the graph (compiles the Triton kernels, initialises cuBLAS); it stores the same K/V the replay stores.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._forward(shape)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            shape.out = self._forward(shape)
+        self.pool = graph.pool()
+        shape.graph = graph
