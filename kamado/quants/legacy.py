@@ -16,6 +16,7 @@ from kamado.gguf.constants import GGMLQuantizationType as Q
 from kamado.quants.floats import div, f32_to_f16_bits, f32_to_f16_bits_torch, sqrt
 from kamado.quants.floats import f16_bytes_to_f32 as _f16_to_f32
 from kamado.quants.floats import f16_bytes_to_f32_torch as _t_f16
+from kamado.quants.kquants import make_qx_quants, seq_sum, t_make_qx_quants, t_seq_sum
 
 QK = 32
 GROUP_MAX_EPS = np.float32(1e-15)
@@ -52,14 +53,6 @@ def _pack_high_bits(q: np.ndarray) -> np.ndarray:
     return np.packbits((q >> np.uint8(4)) & np.uint8(1), axis=1, bitorder="little")
 
 
-def _sum_in_order(terms: np.ndarray) -> np.ndarray:
-    """Float32 sum over axis 0 in index order, like ggml's `float s = 0; for (i...) s += t[i];`."""
-    total = terms[0] + F32(0)
-    for t in terms[1:]:
-        total += t
-    return total
-
-
 def _row_sigma2(x: np.ndarray) -> np.ndarray:
     """ggml's sigma2 = (sum over the row of x*x, in order) / n_per_row, one per row."""
     sum_x2 = np.add.accumulate(x * x, axis=1)[:, -1] + F32(0)
@@ -86,63 +79,18 @@ def _round_half_away(v: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- ggml's search routines
 
 
-def _make_qx_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """ggml make_qx_quants(n=32, nmax, x, L, rmse_type=1, qw=w) for every block at once.
-
-    x, w: (32, blocks). Returns (scale per block, L (32, blocks) uint8 in 0..2*nmax-1).
-    Each block's L is a function of the scale it was tried with, so only the winning scale is tracked and
-    L is computed once at the end.
-    """
-    signed_max = _first_absmax(x, axis=0)
-    all_zero = np.abs(signed_max) < GROUP_MAX_EPS
-    safe_max = np.where(all_zero, F32(1), signed_max)
-    wx = w * x
-    level, term = np.empty_like(x), np.empty_like(x)
-
-    def levels(iscale, out):
-        np.multiply(iscale, x, out=out)
-        np.rint(out, out=out)
-        np.maximum(out, F32(-nmax), out=out)
-        return np.minimum(out, F32(nmax - 1), out=out)
-
-    def attempt(iscale):
-        levels(iscale, level)
-        sumlx = _sum_in_order(np.multiply(wx, level, out=term))
-        np.multiply(w, level, out=term)
-        return sumlx, _sum_in_order(np.multiply(term, level, out=term))
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        best_iscale = F32(-nmax) / safe_max
-        sumlx, suml2 = attempt(best_iscale)
-        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
-        best = scale * sumlx
-        for step in range(-9, 10):
-            if step == 0:
-                continue
-            iscale = -(F32(nmax) + F32(0.1) * F32(step)) / safe_max
-            sumlx, suml2 = attempt(iscale)
-            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            best_iscale = np.where(better, iscale, best_iscale)
-            scale = np.where(better, sumlx / suml2, scale)
-            best = np.where(better, scale * sumlx, best)
-    levels(best_iscale, level)
-    level[:, all_zero] = F32(-nmax)
-    scale = np.where(all_zero, F32(0), scale)
-    return scale, (level + F32(nmax)).astype(np.uint8)
-
-
 def _make_qkx3_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml make_qkx3_quants(n=32, nmax, x, w, rmin=-0.9, rdelta=0.05, nstep=36, use_mad=false) for every block.
 
     x, w: (32, blocks). Returns (scale, min, L): ggml's `the_min` is -min; L (32, blocks) uint8 in 0..nmax.
-    As in _make_qx_quants, L is recomputed at the end from the (iscale, min) pair it was tried with.
+    L is recomputed at the end from the (iscale, min) pair it was tried with (as kquants.make_qx_quants does).
     """
     rmin, rdelta, nstep = F32(-0.9), F32(0.05), 36
     fmax = F32(nmax)
     lo = x.min(axis=0)
     hi = x.max(axis=0)
-    sum_w = _sum_in_order(w)
-    sum_x = _sum_in_order(w * x)
+    sum_w = seq_sum(w)
+    sum_x = seq_sum(w * x)
     lo = np.where(lo > 0, F32(0), lo)
     flat = hi <= lo
     level, wl, term = np.empty_like(x), np.empty_like(x), np.empty_like(x)
@@ -161,7 +109,7 @@ def _make_qkx3_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarr
         np.add(term, minimum, out=term)
         np.subtract(term, x, out=term)
         np.multiply(term, term, out=term)
-        return _sum_in_order(np.multiply(w, term, out=term))
+        return seq_sum(np.multiply(w, term, out=term))
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = fmax / (hi - lo)
@@ -173,9 +121,9 @@ def _make_qkx3_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarr
             iscale = (rmin + rdelta * F32(step) + fmax) / (hi - lo)
             levels(iscale, lo, level)
             np.multiply(w, level, out=wl)
-            sum_l = _sum_in_order(wl)
-            sum_l2 = _sum_in_order(np.multiply(wl, level, out=term))
-            sum_xl = _sum_in_order(np.multiply(wl, x, out=term))
+            sum_l = seq_sum(wl)
+            sum_l2 = seq_sum(np.multiply(wl, level, out=term))
+            sum_xl = seq_sum(np.multiply(wl, x, out=term))
             det = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -223,8 +171,8 @@ def _affine_ref(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _symmetric_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    d, level = _make_qx_quants(_blocks_t(x), _blocks_t(_importance(x, imatrix)), nmax)
-    return d, np.ascontiguousarray(level.T)
+    d, level = make_qx_quants(_blocks_t(x), nmax, _blocks_t(_importance(x, imatrix)))
+    return d, np.ascontiguousarray(level.T.astype(np.uint8))
 
 
 def _affine_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,13 +217,6 @@ def _t_f16_bytes(d: torch.Tensor) -> torch.Tensor:
     return f32_to_f16_bits_torch(d).view(torch.uint8).reshape(-1, 2)
 
 
-def _t_sum_in_order(terms: torch.Tensor) -> torch.Tensor:
-    total = terms[0] + 0.0
-    for t in terms[1:]:
-        total += t
-    return total
-
-
 def _t_first_absmax(b: torch.Tensor, dim: int) -> torch.Tensor:
     idx = b.abs().argmax(dim=dim, keepdim=True)  # torch, like numpy, returns the first of equal maxima
     return torch.take_along_dim(b, idx, dim=dim).squeeze(dim)
@@ -295,7 +236,7 @@ def _t_pack_high_bits(q: torch.Tensor) -> torch.Tensor:
 
 
 def _t_row_sigma2(x: torch.Tensor) -> torch.Tensor:
-    return div(_t_sum_in_order((x * x).T), x.shape[1])
+    return div(t_seq_sum((x * x).T), x.shape[1])
 
 
 def _t_importance(x: torch.Tensor, imatrix: torch.Tensor) -> torch.Tensor:
@@ -311,47 +252,14 @@ def _t_round_half_away(v: torch.Tensor) -> torch.Tensor:
     return t + torch.trunc((v - t) * 2.0)
 
 
-def _t_make_qx_quants(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch twin of _make_qx_quants."""
-    signed_max = _t_first_absmax(x, dim=0)
-    all_zero = signed_max.abs() < float(GROUP_MAX_EPS)
-    safe_max = torch.where(all_zero, 1.0, signed_max)
-    wx = w * x
-
-    def levels(iscale):
-        return torch.round(iscale * x).clamp_(float(-nmax), float(nmax - 1))
-
-    def attempt(iscale):
-        level = levels(iscale)
-        return _t_sum_in_order(wx * level), _t_sum_in_order(w * level * level)
-
-    best_iscale = div(F32(-nmax), safe_max)
-    sumlx, suml2 = attempt(best_iscale)
-    scale = torch.where(suml2 != 0, div(sumlx, suml2), 0.0)
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = div(-(F32(nmax) + F32(0.1) * F32(step)), safe_max)
-        sumlx, suml2 = attempt(iscale)
-        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        best_iscale = torch.where(better, iscale, best_iscale)
-        scale = torch.where(better, div(sumlx, suml2), scale)
-        best = torch.where(better, scale * sumlx, best)
-    level = levels(best_iscale)
-    level[:, all_zero] = float(-nmax)
-    scale = torch.where(all_zero, 0.0, scale)
-    return scale, (level + float(nmax)).to(torch.uint8)
-
-
 def _t_make_qkx3_quants(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Torch twin of _make_qkx3_quants."""
     rmin, rdelta, nstep = F32(-0.9), F32(0.05), 36
     fmax = float(nmax)
     lo = x.amin(dim=0)
     hi = x.amax(dim=0)
-    sum_w = _t_sum_in_order(w)
-    sum_x = _t_sum_in_order(w * x)
+    sum_w = t_seq_sum(w)
+    sum_x = t_seq_sum(w * x)
     lo = torch.where(lo > 0, 0.0, lo)
     flat = hi <= lo
 
@@ -362,7 +270,7 @@ def _t_make_qkx3_quants(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[to
 
     def weighted_error(scale, minimum, level):
         term = scale * level + minimum - x
-        return _t_sum_in_order(w * (term * term))
+        return t_seq_sum(w * (term * term))
 
     iscale = div(fmax, hi - lo)
     scale = div(1, iscale)
@@ -372,9 +280,9 @@ def _t_make_qkx3_quants(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[to
         iscale = div(rmin + rdelta * F32(step) + F32(fmax), hi - lo)
         level = levels(iscale, lo)
         wl = w * level
-        sum_l = _t_sum_in_order(wl)
-        sum_l2 = _t_sum_in_order(wl * level)
-        sum_xl = _t_sum_in_order(wl * x)
+        sum_l = t_seq_sum(wl)
+        sum_l2 = t_seq_sum(wl * level)
+        sum_xl = t_seq_sum(wl * x)
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = div(sum_w * sum_xl - sum_x * sum_l, det)
         this_min = div(sum_l2 * sum_x - sum_l * sum_xl, det)
@@ -410,7 +318,8 @@ def _t_affine_ref(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _t_symmetric_impl(x, imatrix, nmax):
-    d, level = _t_make_qx_quants(_t_blocks_t(x), _t_blocks_t(_t_importance(x, imatrix)), nmax)
+    d, level = t_make_qx_quants(_t_blocks_t(x), nmax, _t_blocks_t(_t_importance(x, imatrix)))
+    level = level.to(torch.uint8)
     return d, level.T.contiguous()
 
 
