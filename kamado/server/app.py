@@ -62,6 +62,28 @@ def _backend_call(method, stream: bool, *args, **kwargs):
     return iter([method(*args, stream=False, **kwargs)])
 
 
+def _event_stream(gen: Generation, first: dict, parts: Callable, closing: Callable) -> EventStream:
+    """Server-sent events: parts(chunk) for each chunk of the generation, then closing(). A client that left ends
+    the stream quietly; an API error met mid-stream is sent as the last event. The generation is always closed."""
+
+    async def events():
+        try:
+            chunk = first
+            while chunk is not None:
+                for part in parts(chunk):
+                    yield sse(part)
+                chunk = await gen.next()
+            yield sse(closing())
+        except ClientGone:
+            pass
+        except APIError as e:
+            yield sse(e.body())
+        finally:
+            gen.close()
+
+    return EventStream(events())
+
+
 def _model_card(ms: ModelSettings) -> dict:
     return {"id": ms.name, "object": "model", "created": int(Path(ms.model).stat().st_mtime), "owned_by": "kamado"}
 
@@ -101,22 +123,7 @@ def create_app(settings: ServerSettings, loader: Callable = load_llama, memory_o
             gen.close()
             return JSONResponse(first)
 
-        async def events():
-            try:
-                chunk = first
-                while chunk is not None:
-                    for part in client_chunks(chunk, include_usage):
-                        yield sse(part)
-                    chunk = await gen.next()
-                yield sse("[DONE]")
-            except ClientGone:
-                pass
-            except APIError as e:
-                yield sse(e.body())
-            finally:
-                gen.close()
-
-        return EventStream(events())
+        return _event_stream(gen, first, lambda chunk: client_chunks(chunk, include_usage), lambda: "[DONE]")
 
     # ---- OpenAI ----
 
@@ -236,25 +243,16 @@ def create_app(settings: ServerSettings, loader: Callable = load_llama, memory_o
             choice = first["choices"][0]
             return {**final(choice["finish_reason"]), "content": choice["text"]}
 
-        async def events():
-            reason = None
-            try:
-                chunk = first
-                while chunk is not None:
-                    for c in chunk.get("choices", []):
-                        reason = c.get("finish_reason") or reason
-                        if c.get("text"):
-                            yield sse({"content": c["text"], "stop": False})
-                    chunk = await gen.next()
-                yield sse(final(reason))
-            except ClientGone:
-                pass
-            except APIError as e:
-                yield sse(e.body())
-            finally:
-                gen.close()
+        reason = None
 
-        return EventStream(events())
+        def parts(chunk):
+            nonlocal reason
+            for c in chunk.get("choices", []):
+                reason = c.get("finish_reason") or reason
+                if c.get("text"):
+                    yield {"content": c["text"], "stop": False}
+
+        return _event_stream(gen, first, parts, lambda: final(reason))
 
     async def tokenize(model: str | None, text: str, add_bos: bool, special: bool) -> tuple[list[int], object]:
         entry = await pool.acquire(model)
