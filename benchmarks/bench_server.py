@@ -32,6 +32,17 @@ PROMPTS = ["Write a short poem about the sea.", "Explain what a CPU does.", "Lis
            "Tell me a story about a cat.", "How do airplanes fly?", "What is the capital of France and why is it famous?"]
 
 
+def run_clients(n_clients: int, client) -> float:
+    """Run client(i) for i < n_clients on as many threads at once; the seconds until all are done."""
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def start_server(model: str, args: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "kamado.cli.main", "serve", "-m", model, "--port", "0", *args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -77,13 +88,7 @@ def throughput(url: str, n_clients: int, requests_each: int) -> float:
         for j in range(requests_each):
             results.append(stream_chat(url, PROMPTS[(i + j) % len(PROMPTS)], 64, 0.8))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_clients(n_clients, client)
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         raise SystemExit(f"{len(errors)} requests failed, e.g. {errors[0]}")
@@ -116,13 +121,7 @@ def load_test(url: str, pid: int, n_clients: int, requests_each: int, max_tokens
             outcomes.append((k, stream_chat(url, prompts[(i + j) % len(prompts)], max_tokens, 0.0, leave_after=leave) |
                              {"prompt": prompts[(i + j) % len(prompts)]}))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_clients(n_clients, client)
     time.sleep(1.0)  # the last cancellations reach the engine at its next step
     errors = [o for _, o in outcomes if "error" in o]
     left = [o for _, o in outcomes if o.get("left")]
