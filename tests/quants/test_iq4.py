@@ -1,4 +1,3 @@
-import hashlib
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ from kamado.gguf.constants import GGMLQuantizationType as Q
 from kamado.quants import dequantize, dequantize_torch, quantize
 from kamado.quants.iq4 import KVALUES, best_index
 from tests.quants.common import assert_same_floats, random_blocks, realistic_rows, reference_dequantize
-from tests.quants.test_kquants import imatrix_for, llamacpp_hashes, source_tensor  # noqa: F401 (fixtures)
 
 IQ4 = [Q.IQ4_NL, Q.IQ4_XS]
 
@@ -92,13 +90,8 @@ HASH_CASES = [
 
 @pytest.mark.realmodel
 @pytest.mark.parametrize(("file_name", "name", "type_name"), HASH_CASES, ids=lambda v: str(v))
-def test_quantize_matches_llama_quantize(shared, llamacpp_hashes, source_tensor, file_name, name, type_name):  # noqa: F811
-    expected = llamacpp_hashes[(file_name, name)]
-    assert expected["type"] == type_name
-    x = source_tensor(file_name, name)
-    imatrix = imatrix_for(shared, file_name)
-    q = quantize(x, type_name, None if imatrix is None else imatrix[name])
-    assert hashlib.sha256(q.tobytes()).hexdigest() == expected["sha256"]
+def test_quantize_matches_llama_quantize(llamacpp_tensor_check, file_name, name, type_name):
+    llamacpp_tensor_check(file_name, name, type_name)
 
 
 @pytest.mark.gpu

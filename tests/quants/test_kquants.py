@@ -1,5 +1,3 @@
-import hashlib
-import json
 
 import numpy as np
 import pytest
@@ -7,7 +5,7 @@ import torch
 
 from kamado.gguf.constants import GGMLQuantizationType as Q
 from kamado.gguf.reader import GGUFReader
-from kamado.quants import QuantError, dequantize, dequantize_torch, quantize, read_imatrix
+from kamado.quants import QuantError, dequantize, dequantize_torch, quantize
 from kamado.quants.kquants import nearest_int, seq_sum
 from tests.quants.common import assert_same_floats, random_blocks, realistic_rows, reference_dequantize
 
@@ -101,45 +99,10 @@ HASH_CASES = [  # (llama-quantize output file, tensor, type): a few of each type
 ]
 
 
-@pytest.fixture(scope="module")
-def llamacpp_hashes(shared):
-    files = json.loads((shared / "reference" / "quantize-llamacpp-hashes.json").read_text())
-    return {(f, t["name"]): t for f, entry in files.items() for t in entry["tensors"]}
-
-
-@pytest.fixture(scope="module")
-def source_tensor(gemma_path, llamacpp_hashes):
-    """The tensor llama-quantize started from: Gemma dequantized to f32 (out-*) or its F16 file (f16-out-*)."""
-    reader = GGUFReader(gemma_path)
-
-    def load(file_name: str, name: str) -> np.ndarray:
-        info = reader.tensors[name]
-        x = reference_dequantize(np.asarray(info.raw), info.type)
-        if file_name.startswith("f16-"):
-            f16 = x.astype(np.float16)
-            assert hashlib.sha256(f16.tobytes()).hexdigest() == llamacpp_hashes[("out-F16.gguf", name)]["sha256"]
-            x = f16.astype(np.float32)
-        return x
-
-    return load
-
-
-def imatrix_for(shared, file_name: str):
-    if "imatrix" not in file_name:
-        return None
-    suffix = "dat" if file_name.endswith("-dat.gguf") else "gguf"
-    return read_imatrix(shared / "reference" / f"imatrix-seed001.{suffix}")
-
-
 @pytest.mark.realmodel
 @pytest.mark.parametrize(("file_name", "name", "type_name"), HASH_CASES, ids=lambda v: str(v))
-def test_quantize_matches_llama_quantize(shared, llamacpp_hashes, source_tensor, file_name, name, type_name):
-    expected = llamacpp_hashes[(file_name, name)]
-    assert expected["type"] == type_name
-    x = source_tensor(file_name, name)
-    imatrix = imatrix_for(shared, file_name)
-    q = quantize(x, type_name, None if imatrix is None else imatrix[name])
-    assert hashlib.sha256(q.tobytes()).hexdigest() == expected["sha256"]
+def test_quantize_matches_llama_quantize(llamacpp_tensor_check, file_name, name, type_name):
+    llamacpp_tensor_check(file_name, name, type_name)
 
 
 @pytest.mark.realmodel
