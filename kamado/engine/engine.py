@@ -28,6 +28,7 @@ from kamado.engine.cuda_graph import DecodeGraphs
 from kamado.engine.kv_cache import CacheFullError, PagedKVCache
 from kamado.engine.sampler import SampledToken, Sampler, SamplingParams
 from kamado.engine.stop import StopMatcher
+from kamado.kernels.openmp import release_thread_pool
 from kamado.models.blocks import attention
 
 
@@ -113,6 +114,7 @@ class Engine:
         self._worker: threading.Thread | None = None
         self._closed = False
         _LIVE_ENGINES.add(self)
+        release_thread_pool()  # allocating the cache may have started this thread's OpenMP workers
 
     # ---- public API -------------------------------------------------------------------------
     def submit(self, request: Request) -> Handle:
@@ -124,6 +126,7 @@ class Engine:
         if n >= self.n_ctx:
             raise ContextOverflowError(f"Requested tokens ({n}) exceed context window of {self.n_ctx}")
         handle = Handle(self, request)
+        release_thread_pool()  # this thread now waits on the engine's: see kamado/kernels/openmp.py
         with self._lock:
             self._waiting.append(handle)
             if self._worker is None or not self._worker.is_alive():

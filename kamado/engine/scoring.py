@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from kamado.kernels.openmp import release_thread_pool
 from kamado.models import solo_attend
 
 OUTPUT_ROWS_PER_PASS = 32  # bounds the logits scratch (rows x vocab float32)
@@ -40,6 +41,7 @@ def embed(model, tokens: Sequence[int], pooling: str, normalize: bool = False) -
     """Final-normed hidden states pooled as the model says: none -> (T, n_embd); mean/cls/last -> (n_embd,)."""
     with torch.inference_mode():
         h = model.hidden(torch.tensor(list(tokens)), torch.arange(len(tokens)), solo_attend(model.cfg.n_layer))
+    release_thread_pool()  # a server thread computed this beside the engine's (kamado/kernels/openmp.py)
     if pooling == "mean":
         h = h.mean(0)
     elif pooling == "cls":

@@ -6,6 +6,7 @@ declares what sets its graph apart (kamado/models/<family>.py), the shared math 
 
 from __future__ import annotations
 
+from kamado.kernels.openmp import release_thread_pool
 from kamado.models import gemma2, gemma3, llama, phi3, qwen2, qwen3
 from kamado.models.config import ModelConfig, ModelError
 from kamado.models.decoder import ArchSpec, DecoderModel, LayerAttention, Offload, solo_attend
@@ -37,9 +38,11 @@ def load_model(reader, backend: str = "cpu", n_ctx: int = 0, progress=None, n_gp
         cfg = ModelConfig.from_metadata(meta, n_vocab=int(embd.shape[0]))
         cfg.extra["n_ctx"] = n_ctx or cfg.n_ctx_train
         offload = offload_for(n_gpu_layers, cfg.n_layer)
-        return DecoderModel(cfg, ARCHITECTURES[name], reader.tensors, backend, supported, progress, offload)
+        model = DecoderModel(cfg, ARCHITECTURES[name], reader.tensors, backend, supported, progress, offload)
     except ModelError as e:
         raise ModelError(f"{source}: {e}") from None
+    release_thread_pool()  # the engine's thread computes from now on (kamado/kernels/openmp.py)
+    return model
 
 
 __all__ = ["ARCHITECTURES", "ArchSpec", "DecoderModel", "LayerAttention", "ModelConfig", "ModelError", "Offload", "load_model",
