@@ -15,7 +15,7 @@ import torch
 
 from kamado.engine import Engine, FinishEvent, Request, SamplingParams, TokenEvent, embed, perplexity
 from kamado.gguf.reader import GGUFReader
-from kamado.models import load_model
+from kamado.models import is_encoder, load_model
 
 # llama-cpp-python's LLAMA_DEFAULT_SEED: "pick a random seed".
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
@@ -53,12 +53,23 @@ class Llama:
                                 n_gpu_layers=n_gpu_layers)
         self.tokenizer_ = Tokenizer.from_gguf(self._reader)
         self._n_ctx = n_ctx or self.model.cfg.n_ctx_train
+        if is_encoder(self.model):  # an encoder sees at most the positions it was trained for
+            self._n_ctx = min(self._n_ctx, self.model.cfg.n_ctx_train)
         self.n_batch = n_batch
         self.seed = seed
         self.embedding = embedding
         self.chat_format = chat_format
         self.chat_handler = resolve_chat_format(self._reader.metadata, chat_format)
-        self.engine = Engine(self.model, self.tokenizer_, n_ctx=self._n_ctx, n_seq_max=n_seq_max, n_batch=n_batch)
+        # An encoder (BERT) only embeds: no engine, no KV cache; generation requests are refused (_engine).
+        self.engine = None if is_encoder(self.model) else Engine(self.model, self.tokenizer_, n_ctx=self._n_ctx, n_seq_max=n_seq_max,
+                                                                 n_batch=n_batch)
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            arch = self.model.cfg.arch
+            raise ValueError(f"{self.model_path}: {arch} is an encoder model: it computes embeddings (create_embedding / embed) "
+                             "and cannot generate text")
+        return self.engine
 
     def _progress(self, done: int, total: int) -> None:
         print(f"\rloading {Path(self.model_path).name}: layer {done}/{total}", end="\n" if done == total else "", flush=True)
@@ -84,6 +95,8 @@ class Llama:
 
     def kv_cache_usage(self) -> tuple[int, int]:
         """(KV cells held by running requests, KV cells in all): for the server's /metrics."""
+        if self.engine is None:
+            return 0, 0
         cache = self.engine.cache
         used = cache.n_pages - len(cache.free) - len(cache.cached)
         return used * cache.page_size, cache.n_pages * cache.page_size
@@ -104,10 +117,11 @@ class Llama:
 
     def _run(self, prompt_tokens: list[int], params: SamplingParams, max_tokens, stop, n: int, ignore_eos: bool = False):
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        engine = self._engine()
         handles = []
         for i in range(n):
             p = params if i == 0 or params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + i})
-            handles.append(self.engine.submit(Request(prompt_tokens, p, max_tokens if max_tokens is not None else -1, stops, ignore_eos)))
+            handles.append(engine.submit(Request(prompt_tokens, p, max_tokens if max_tokens is not None else -1, stops, ignore_eos)))
         return handles
 
     def create_completion(self, prompt: str | list[int], suffix: str | None = None, max_tokens: int | None = 16,

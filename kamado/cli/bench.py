@@ -178,6 +178,8 @@ def bench_model(path: Path, args, tests: list[tuple[int, int]], threads_list: li
             n_params = sum(t.n_elements for t in reader.tensors.values())
     except ValueError as e:  # GGUFError, ModelError and TokenizerError are ValueErrors
         fail(str(e))
+    if llm.engine is None:
+        fail(f"{path}: {llm.model.cfg.arch} is an encoder model (embeddings only): kamado bench measures text generation")
     runner = Runner(llm)
     backend = "CUDA" if any(d.type == "cuda" for d in llm.model.layer_devices) else "CPU"  # llama-bench's names
     results = []

@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
 
     from kamado.engine import perplexity
     from kamado.gguf import GGUFError, GGUFReader
-    from kamado.models import ModelError, load_model
+    from kamado.models import ModelError, is_encoder, load_model
     from kamado.tokenizer import Tokenizer, TokenizerError
 
     if args.threads:
@@ -105,6 +105,8 @@ def main(argv: list[str]) -> int:
         model = load_model(reader, "ggml", n_ctx=n_ctx)
     except ModelError as e:
         fail(str(e))
+    if is_encoder(model):
+        fail(f"{args.model}: {model.cfg.arch} is an encoder model: it has no next-token logits to score perplexity with")
     print(f"perplexity: model loaded in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     bos = tokenizer.bos_id if tokenizer.add_bos else None
     print(f"perplexity: calculating perplexity over {n_chunks} chunks, n_ctx={n_ctx}, batch_size={n_ctx}, n_seq=1", file=sys.stderr)

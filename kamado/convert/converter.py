@@ -77,9 +77,15 @@ def _as_float(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype in (torch.float16, torch.float32) else tensor.to(torch.float32)
 
 
+# Tables llama.cpp's converter always keeps in float32 (BERT's learned positions and token types).
+ALWAYS_F32 = ("position_embd.weight", "token_types.weight")
+
+
 def tensor_type(name: str, shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
-    """llama.cpp's rule: norms, 1-D tensors, biases and MoE routers stay F32; rows that do not fill whole blocks fall back to F16."""
-    if len(shape) <= 1 or name.endswith("_norm.weight") or ".ffn_gate_inp." in name or not name.endswith(".weight"):
+    """llama.cpp's rule: norms, 1-D tensors, biases, MoE routers and ALWAYS_F32 stay F32; rows that do not fill whole
+    blocks fall back to F16."""
+    if (len(shape) <= 1 or name.endswith("_norm.weight") or ".ffn_gate_inp." in name or not name.endswith(".weight")
+            or name in ALWAYS_F32):
         return Q.F32
     if shape[-1] % GGML_BLOCK_SIZES[wanted][0]:
         return Q.F16

@@ -27,6 +27,8 @@ PRE_TOKENIZER_BY_HASH = {
     "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2 / Qwen2.5 / Qwen3
     "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3-Embedding
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # openai-community/gpt2
+    "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f": "bert-bge",  # BAAI/bge-small-en-v1.5 (WordPiece)
+    "8e62295832751ca1e8f92f2226f403dea30dc5165e448b5bfa05af5340c64ec7": "bert-bge-large",  # BAAI/bge-large-zh-v1.5 (WordPiece)
 }
 
 SPECIAL_TOKEN_KEYS = {  # special-token kind -> GGUF key
@@ -93,18 +95,20 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int | None, phi3_rules: boo
     return tokens, scores, types
 
 
-def pre_tokenizer_name(tokenizer) -> str:
+def pre_tokenizer_name(tokenizer, unknown: str | None = None) -> str:
+    """The llama.cpp name of the tokenizer's pre-tokenizer; `unknown` (if given) for a hash llama.cpp does not list."""
     ids = tokenizer.encode(CHECK_TEXT, add_special_tokens=True).ids
     digest = hashlib.sha256(str(ids).encode()).hexdigest()
-    name = PRE_TOKENIZER_BY_HASH.get(digest)
+    name = PRE_TOKENIZER_BY_HASH.get(digest, unknown)
     if name is None:
         known = ", ".join(sorted(set(PRE_TOKENIZER_BY_HASH.values())))
         raise ConvertError(f"unrecognised BPE pre-tokenizer (chkhsh {digest}); known: {known}")
     return name
 
 
-def bpe_vocab(model_dir: Path, vocab_size: int | None) -> tuple[list[str], list[int], str]:
-    """Tokens, types and pre-tokenizer name from tokenizer.json (llama.cpp's get_vocab_base)."""
+def bpe_vocab(model_dir: Path, vocab_size: int | None, unknown_pre: str | None = None) -> tuple[list[str], list[int], str]:
+    """Tokens, types and pre-tokenizer name from tokenizer.json (llama.cpp's get_vocab_base); an unrecognised
+    pre-tokenizer is an error unless `unknown_pre` names what to write instead."""
     from tokenizers import Tokenizer
 
     path = model_dir / "tokenizer.json"
@@ -116,7 +120,7 @@ def bpe_vocab(model_dir: Path, vocab_size: int | None) -> tuple[list[str], list[
     n = vocab_size or len(vocab)
     if max(vocab.values()) >= n:
         raise ConvertError(f"{path}: token id {max(vocab.values())} does not fit vocab_size {n} of config.json")
-    pre = pre_tokenizer_name(tokenizer)
+    pre = pre_tokenizer_name(tokenizer, unknown_pre)
     added = {t.content: t for t in tokenizer.get_added_tokens_decoder().values()}
     reverse = {i: t for t, i in vocab.items()}
     tokens, types = [], []
@@ -162,6 +166,7 @@ def add_special_vocab(md: Metadata, model_dir: Path, n_vocab: int | None, load_m
         merges = [" ".join(parts) for line in lines if not line.startswith("#") and len(parts := line.split()) == 2]
     added_tokens = (tokenizer_json or {}).get("added_tokens", [])
     if tokenizer_json and config is not None:
+        config = _cls_sep_as_bos_eos(config)
         _read_template_processing(tokenizer_json, config, add)
     if config is not None:
         for kind in _SPECIAL_KINDS:
@@ -187,22 +192,48 @@ def add_special_vocab(md: Metadata, model_dir: Path, n_vocab: int | None, load_m
         md.string("tokenizer.chat_template", template)
 
 
+def _cls_sep_as_bos_eos(config: dict) -> dict:
+    """gguf-py's SpecialVocab: a tokenizer without BOS/EOS tokens (BERT) uses its CLS/SEP tokens as BOS/EOS."""
+    config = dict(config)
+    if not config.get("bos_token") and config.get("cls_token"):
+        config["bos_token"] = config["cls_token"]
+    if not config.get("eos_token") and config.get("sep_token"):
+        config["eos_token"] = config["sep_token"]
+    return config
+
+
+def _content(entry) -> str | None:
+    return entry if isinstance(entry, str) else (entry or {}).get("content")
+
+
+def _special_id_of(item: dict) -> str | None:
+    return item.get("SpecialToken", {}).get("id")
+
+
 def _read_template_processing(tokenizer_json: dict, config: dict, add: dict[str, bool]) -> None:
-    # Only the common case of gguf-py's TemplateProcessing parsing: a leading BOS / trailing EOS in the single template.
+    # The common cases of gguf-py's TemplateProcessing parsing: a leading BOS / trailing EOS in the single template,
+    # and a separator between A and B in the pair template (BERT's "[CLS] A [SEP] B [SEP]" adds none).
     post = tokenizer_json.get("post_processor") or {}
+    bos, eos, sep = _content(config.get("bos_token")), _content(config.get("eos_token")), _content(config.get("sep_token"))
     for processor in post.get("processors", [post]):
         if processor.get("type") != "TemplateProcessing":
             continue
         single = processor.get("single", [])
+        first = last = None
         if len(single) > 1:
-            first = single[0].get("SpecialToken", {}).get("id")
-            last = single[-1].get("SpecialToken", {}).get("id")
-            bos = config.get("bos_token") if isinstance(config.get("bos_token"), str) else (config.get("bos_token") or {}).get("content")
-            eos = config.get("eos_token") if isinstance(config.get("eos_token"), str) else (config.get("eos_token") or {}).get("content")
+            first, last = _special_id_of(single[0]), _special_id_of(single[-1])
             if first:
                 add["bos"] = first in (bos, config.get("cls_token"))
             if last:
                 add["eos"] = last == eos
+        pair = processor.get("pair", [])
+        start = 1 if first and pair and _special_id_of(pair[0]) == first else 0
+        stop = -1 if last and pair and _special_id_of(pair[-1]) == last else None
+        pair = pair[start:stop]
+        if pair and pair[0].get("Sequence", {}).get("id") == "A" and pair[-1].get("Sequence", {}).get("id") == "B" and pair[1:-1]:
+            middle = [_special_id_of(item) for item in pair[1:-1]]
+            add["sep"] = (bool(middle[0]) and middle[0] in (sep, eos) and not last) or (len(middle) == 2 and bool(middle[1])
+                                                                                        and middle[1] in (sep, eos))
 
 
 def chat_template(model_dir: Path, config: dict | None) -> str | None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from kamado.kernels.openmp import release_thread_pool
-from kamado.models import solo_attend
+from kamado.models import is_encoder, solo_attend
 
 OUTPUT_ROWS_PER_PASS = 32  # bounds the logits scratch (rows x vocab float32)
 
@@ -18,6 +18,8 @@ def perplexity(model, tokens: Sequence[int], n_ctx: int, bos_id: int | None) -> 
 
     Returns (PPL, per-token negative log-likelihoods). tokens: the whole text tokenized with BOS.
     """
+    if is_encoder(model):
+        raise ValueError(f"{model.cfg.arch} is an encoder model: it has no next-token logits to score perplexity with")
     n_chunks = len(tokens) // n_ctx
     if n_chunks == 0:
         raise ValueError(f"perplexity needs at least n_ctx={n_ctx} tokens, the text has {len(tokens)}")
@@ -38,9 +40,14 @@ def perplexity(model, tokens: Sequence[int], n_ctx: int, bos_id: int | None) -> 
 
 
 def embed(model, tokens: Sequence[int], pooling: str, normalize: bool = False) -> torch.Tensor:
-    """Final-normed hidden states pooled as the model says: none -> (T, n_embd); mean/cls/last -> (n_embd,)."""
+    """Final hidden states (a decoder's final-normed ones, an encoder's last layer) pooled as the model says:
+    none -> (T, n_embd); mean/cls/last -> (n_embd,). normalize: unit Euclidean length (llama.cpp's --embd-normalize 2)."""
+    ids = torch.tensor(list(tokens))
     with torch.inference_mode():
-        h = model.hidden(torch.tensor(list(tokens)), torch.arange(len(tokens)), solo_attend(model.cfg.n_layer))
+        if is_encoder(model):
+            h = model.encode(ids)
+        else:
+            h = model.hidden(ids, torch.arange(len(ids)), solo_attend(model.cfg.n_layer))
     release_thread_pool()  # a server thread computed this beside the engine's (kamado/kernels/openmp.py)
     if pooling == "mean":
         h = h.mean(0)

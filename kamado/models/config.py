@@ -71,7 +71,7 @@ class ModelConfig:
             head_dim=head_dim,
             head_dim_v=int(get("attention.value_length", head_dim)),
             n_ff=int(get("feed_forward_length", 0)),
-            eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            eps=float(get("attention.layer_norm_rms_epsilon", get("attention.layer_norm_epsilon", 1e-5))),  # RMS or LayerNorm (BERT)
             n_ctx_train=int(get("context_length", 2048)),
             rope_base=float(get("rope.freq_base", 10000.0)),
             rope_dims=int(get("rope.dimension_count", head_dim)),

@@ -1,6 +1,7 @@
 """One module per Hugging Face architecture family; REGISTRY maps each HF class name to its converter class."""
 
 from kamado.convert.architectures.base import Architecture, Planned
+from kamado.convert.architectures.bert import Bert
 from kamado.convert.architectures.gemma2 import Gemma2
 from kamado.convert.architectures.gemma3 import Gemma3
 from kamado.convert.architectures.llama import Llama
@@ -9,7 +10,7 @@ from kamado.convert.architectures.qwen2 import Qwen2
 from kamado.convert.architectures.qwen3 import Qwen3
 
 REGISTRY: dict[str, type[Architecture]] = {
-    name: cls for cls in (Llama, Gemma2, Gemma3, Phi3, Qwen2, Qwen3) for name in cls.hf_architectures
+    name: cls for cls in (Llama, Gemma2, Gemma3, Phi3, Qwen2, Qwen3, Bert) for name in cls.hf_architectures
 }
 
 __all__ = ["REGISTRY", "Architecture", "Planned"]
