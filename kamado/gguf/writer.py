@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import secrets
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -69,7 +69,9 @@ _TENSOR_DTYPES = {
     GGMLQuantizationType.I64: np.dtype("<i8"),
 }
 
-TensorData = Union[np.ndarray, Callable[[], np.ndarray]]  # noqa: UP007 (a runtime alias: `|` needs Python 3.10 types)
+# An array, or a callable returning one or an iterator of uint8 pieces that together make the tensor's bytes
+# (a GPU streams its results back through small pinned buffers that way).
+TensorData = Union[np.ndarray, Callable[[], Union[np.ndarray, Iterator[np.ndarray]]]]  # noqa: UP007 (a runtime alias: `|` needs Python 3.10 types)
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ class GGUFWriter:
 
     def add_tensor(self, name: str, qtype: GGMLQuantizationType | int, shape: Iterable[int], data: TensorData) -> None:
         """Add a tensor; shape is numpy order (last axis = row). data: an array of the exact byte size or a
-        zero-argument callable returning one when the tensor is written (so tensors need not all be in memory)."""
+        zero-argument callable returning one (or an iterator of uint8 pieces adding up to it) when the tensor is
+        written, so tensors need not all be in memory."""
         if not isinstance(name, str) or not name:
             raise GGUFError(f"{self.path}: tensor name must be a non-empty string, got {name!r}")
         if len(name.encode("utf-8", errors="surrogateescape")) > MAX_TENSOR_NAME_BYTES:
@@ -247,9 +250,22 @@ class GGUFWriter:
             f.write(bytes(_pad(len(head), self.alignment) - len(head)))
             for t in tensors:
                 data = t.data() if callable(t.data) else t.data
-                data = self._check_data(t.name, t.qtype, t.nbytes, data)
-                f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+                if isinstance(data, np.ndarray):
+                    f.write(memoryview(np.ascontiguousarray(self._check_data(t.name, t.qtype, t.nbytes, data))).cast("B"))
+                else:
+                    self._write_pieces(f, t, data)
                 f.write(bytes(_pad(t.nbytes, self.alignment) - t.nbytes))
+
+    def _write_pieces(self, f, t: _PendingTensor, pieces: Iterator[np.ndarray]) -> None:
+        error = GGUFError(f"{self.path}: tensor {t.name!r}: data pieces must be uint8 arrays adding up to {t.nbytes} bytes")
+        written = 0
+        for piece in pieces:
+            if not isinstance(piece, np.ndarray) or piece.dtype != np.uint8 or written + piece.nbytes > t.nbytes:
+                raise error
+            f.write(memoryview(np.ascontiguousarray(piece)).cast("B"))
+            written += piece.nbytes
+        if written != t.nbytes:
+            raise error
 
 
 # ---- value encoding -----------------------------------------------------------------------------

@@ -8,14 +8,14 @@ slice of the importance matrix). Output is written atomically by the GGUF writer
 
 On a GPU (device "cuda", or "auto" where CUDA is available) each tensor is copied to the device, dequantized and
 quantized there with the torch twins (kamado.quants.dequantize_torch / quantize_torch: the same bytes), while a
-worker thread keeps the next tensors in flight so the GPU works while earlier results are written.
+worker thread keeps the next tensors in flight so the GPU works while earlier results are copied back and written
+(kamado/quantize/device.py).
 """
 
 from __future__ import annotations
 
 import os
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import torch
 
 from kamado.gguf import GGUFReader, GGUFValueType, GGUFWriter
 from kamado.gguf.constants import GGMLQuantizationType as T
+from kamado.quantize.device import DeviceCopies
 from kamado.quantize.rules import UNQUANTIZED, ModelShape, Options, TypeChooser, requires_imatrix
 from kamado.quants import ImatrixFile, dequantize, dequantize_torch, quantize, quantize_torch, row_bytes, set_num_threads
 
@@ -114,13 +115,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _quantize_rows_on(device: str, rows: np.ndarray, src_type: T, new: T, w: np.ndarray | None) -> np.ndarray:
-    """Dequantize `rows` (raw bytes of src_type) and quantize them to `new` on a torch device; bytes come back to the host."""
-    with warnings.catch_warnings():  # the rows are a read-only mmap view, which torch only ever reads here
-        warnings.simplefilter("ignore", UserWarning)
-        raw = torch.from_numpy(rows).to(device)
+def _quantize_on_device(raw: torch.Tensor, src_type: T, new: T, w: np.ndarray | None) -> torch.Tensor:
+    """Dequantize `raw` (bytes of src_type rows, a torch tensor) and quantize to `new` on its device: the bytes, still there."""
     f32 = raw.view(torch.float32) if src_type == T.F32 else dequantize_torch(raw, src_type)
-    return quantize_torch(f32, new, None if w is None else torch.from_numpy(w).to(device)).cpu().numpy()
+    return quantize_torch(f32, new, None if w is None else torch.from_numpy(w).to(raw.device))
 
 
 def quantize_model(
@@ -193,18 +191,22 @@ def quantize_model(
             for e in range(n_exp):
                 rows = src[e * n_mat : (e + 1) * n_mat]
                 w = column_weights[e * n : (e + 1) * n] if column_weights is not None else None
-                if device != "cpu":
-                    parts.append(_quantize_rows_on(device, rows, t.type, new, w))
+                if copies is not None:
+                    parts.append(_quantize_on_device(copies.upload(rows), t.type, new, w))
                     continue
                 f32 = rows.view(np.float32) if t.type == T.F32 else dequantize(rows, t.type)
                 parts.append(quantize(f32, new, w))
-            return np.concatenate(parts) if len(parts) > 1 else parts[0]
+            if copies is None:
+                return np.concatenate(parts) if len(parts) > 1 else parts[0]
+            return copies.download(torch.cat(parts) if len(parts) > 1 else parts[0])  # iterated by the writer's thread
 
         return make
 
+    # On the GPU one worker thread uploads and quantizes the next tensors while the writer's thread downloads and
+    # writes earlier results (kamado/quantize/device.py).
+    copies = DeviceCopies(device) if device != "cpu" else None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kamado-quantize") if copies is not None else None
     makers = [compute(t, new) for t, new in plan]
-    # On the GPU one worker thread runs the next tensors' kernels while the writer thread writes earlier results.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kamado-quantize") if device != "cpu" else None
     pending = {}
 
     def producer(i, name):
@@ -229,5 +231,6 @@ def quantize_model(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+            copies.close()
     summary.seconds = time.perf_counter() - start
     return summary

@@ -189,6 +189,24 @@ def test_lazy_tensor_data_is_produced_at_write_time(tmp_path):
     assert GGUFReader(path).tensors["t"].raw.view(np.float32).tolist() == [1, 1, 1, 1]
 
 
+def test_tensor_data_in_pieces(tmp_path):
+    data = np.arange(40, dtype=np.float32)
+    pieces = np.frombuffer(data.tobytes(), np.uint8)
+    w = GGUFWriter(tmp_path / "m.gguf")
+    w.add_tensor("t", Q.F32, (40,), lambda: iter([pieces[:24], pieces[24:100], pieces[100:]]))
+    (path,) = w.write()
+    assert np.array_equal(GGUFReader(path).tensors["t"].raw.view(np.float32), data)
+
+
+@pytest.mark.parametrize("pieces", [[np.zeros(8, np.uint8)], [np.zeros(16, np.uint8), np.zeros(1, np.uint8)], [np.zeros(4, np.float32)]])
+def test_tensor_pieces_of_the_wrong_size_or_type(tmp_path, pieces):
+    w = GGUFWriter(tmp_path / "m.gguf")
+    w.add_tensor("t", Q.F32, (4,), lambda: iter(pieces))
+    with pytest.raises(GGUFError, match="tensor 't': data pieces must be uint8 arrays adding up to 16 bytes"):
+        w.write()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "call, words",
     [

@@ -11,7 +11,7 @@ import torch
 
 from kamado.gguf.constants import GGMLQuantizationType as Q
 from kamado.gguf.reader import GGUFReader
-from kamado.quantize.model import QuantizeError, _quantize_rows_on, resolve_device
+from kamado.quantize.model import QuantizeError, _quantize_on_device, resolve_device
 from kamado.quants import QUANTIZE_TORCH, QuantError, dequantize, quantize, quantize_torch, read_imatrix
 from tests.quants.common import realistic_rows
 
@@ -88,7 +88,7 @@ def test_device_path_dequantizes_and_quantizes_like_the_numpy_path():
     w = _importance(np.random.default_rng(7), 512)
     for qtype, imatrix in ((Q.Q4_K, None), (Q.Q5_0, w)):
         expected = quantize(dequantize(raw, Q.F16), qtype, imatrix)
-        assert np.array_equal(_quantize_rows_on("cpu", raw, Q.F16, qtype, imatrix), expected)
+        assert np.array_equal(_quantize_on_device(torch.from_numpy(raw), Q.F16, qtype, imatrix).numpy(), expected)
 
 
 # ---------------------------------------------------------------- the real Gemma 3 270M
@@ -133,7 +133,27 @@ def test_cuda_device_path_matches_numpy_on_f16_rows():
     x = realistic_rows(np.random.default_rng(8), 64, 4096)
     raw = x.astype(np.float16).view(np.uint8)
     for qtype in (Q.Q4_K, Q.Q6_K, Q.Q8_0):
-        assert np.array_equal(_quantize_rows_on("cuda", raw, Q.F16, qtype, None), quantize(dequantize(raw, Q.F16), qtype))
+        got = _quantize_on_device(torch.from_numpy(raw).cuda(), Q.F16, qtype, None).cpu().numpy()
+        assert np.array_equal(got, quantize(dequantize(raw, Q.F16), qtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("nbytes", [1, 999, 1000, 4321])
+def test_device_copies_round_trip_through_small_chunks(monkeypatch, nbytes):
+    from kamado.quantize import device
+
+    monkeypatch.setattr(device, "CHUNK_BYTES", 1000)
+    copies = device.DeviceCopies("cuda")
+    try:
+        rows = np.random.default_rng(nbytes).integers(0, 256, (nbytes, 1), dtype=np.uint8)
+        on_gpu = copies.upload(rows)
+        assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), torch.from_numpy(rows))
+        pieces = [piece.copy() for piece in copies.download(on_gpu * 1)]  # a chunk is valid until the next is asked for
+        assert [len(p) for p in pieces] == [min(1000, nbytes - a) for a in range(0, nbytes, 1000)]
+        assert np.array_equal(np.concatenate(pieces), rows.reshape(-1))
+    finally:
+        copies.close()
 
 
 def test_quantize_model_on_a_torch_device_writes_the_numpy_file(tmp_path, monkeypatch):
