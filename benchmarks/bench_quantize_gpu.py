@@ -61,6 +61,7 @@ def make_model(path: Path, n_layers: int, device: str = "cuda") -> None:
 
 
 def run_quantize(src: Path, out: Path, qtype: str) -> float:
+    out.unlink(missing_ok=True)  # each run writes a new file, as the llama-quantize figure was taken (not timed)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "kamado.cli.main", "quantize", "--device", "cuda", str(src), str(out), qtype], check=True)
     return time.perf_counter() - start

@@ -68,15 +68,15 @@ def raw_rates(src: Path) -> None:
 
     _, s = timed(via_pinned)
     print(f"| mmap -> pinned -> cuda, one thread, no overlap | {total / s / GIB:.1f} GiB/s |")
+    dev = torch.empty(biggest, dtype=torch.uint8, device="cuda")
+    _, s = timed(lambda: [dev.to("cpu") for _ in range(8)])
+    print(f"| cuda -> pageable host | {8 * biggest / s / GIB:.1f} GiB/s |")
     copies = DeviceCopies("cuda")
     _, s = timed(lambda: [copies.upload(np.asarray(t.raw)) for t in tensors])
     print(f"| DeviceCopies.upload (parallel reads, pinned chunks, copy stream) | {total / s / GIB:.1f} GiB/s |")
     _, s = timed(lambda: [sum(len(piece) for piece in copies.download(dev)) for _ in range(8)])
     print(f"| DeviceCopies.download | {8 * biggest / s / GIB:.1f} GiB/s |")
     copies.close()
-    dev = torch.empty(biggest, dtype=torch.uint8, device="cuda")
-    _, s = timed(lambda: [dev.to("cpu") for _ in range(8)])
-    print(f"| cuda -> pageable host | {8 * biggest / s / GIB:.1f} GiB/s |")
 
 
 def in_process(src: Path, out: Path, qtype: str, runs: int = 2) -> None:
