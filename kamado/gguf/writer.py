@@ -25,12 +25,10 @@ Semantics (those of llama.cpp's gguf writer and gguf-split, so its files can be 
 
 from __future__ import annotations
 
-import functools
 import os
 import secrets
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -253,7 +251,7 @@ class GGUFWriter:
             for t in tensors:
                 data = t.data() if callable(t.data) else t.data
                 if isinstance(data, np.ndarray):
-                    _write_bytes(f, self._check_data(t.name, t.qtype, t.nbytes, data))
+                    f.write(memoryview(np.ascontiguousarray(self._check_data(t.name, t.qtype, t.nbytes, data))).cast("B"))
                 else:
                     self._write_pieces(f, t, data)
                 f.write(bytes(_pad(t.nbytes, self.alignment) - t.nbytes))
@@ -264,39 +262,10 @@ class GGUFWriter:
         for piece in pieces:
             if not isinstance(piece, np.ndarray) or piece.dtype != np.uint8 or written + piece.nbytes > t.nbytes:
                 raise error
-            _write_bytes(f, piece)
+            f.write(memoryview(np.ascontiguousarray(piece)).cast("B"))
             written += piece.nbytes
         if written != t.nbytes:
             raise error
-
-
-# Large tensors are written by several threads at once (os.pwrite at their own offsets): copying into the page cache
-# is a memory copy one thread does at a few GB/s, which bounded `kamado quantize --device cuda` on an H100 machine.
-PARALLEL_WRITE_MIN_BYTES = 16 << 20
-WRITE_THREADS = 4
-
-
-@functools.cache
-def _write_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="kamado-write")
-
-
-def _write_bytes(f, data: np.ndarray) -> None:
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
-    if len(view) < PARALLEL_WRITE_MIN_BYTES or not hasattr(os, "pwrite"):
-        f.write(view)
-        return
-    f.flush()
-    start, step = f.tell(), -(-len(view) // WRITE_THREADS)
-
-    def write_part(a: int) -> None:
-        offset, part = start + a, view[a : a + step]
-        while len(part):  # pwrite may write less than asked
-            n = os.pwrite(f.fileno(), part, offset)
-            offset, part = offset + n, part[n:]
-
-    list(_write_pool().map(write_part, range(0, len(view), step)))
-    f.seek(start + len(view))
 
 
 # ---- value encoding -----------------------------------------------------------------------------

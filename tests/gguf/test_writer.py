@@ -198,22 +198,6 @@ def test_tensor_data_in_pieces(tmp_path):
     assert np.array_equal(GGUFReader(path).tensors["t"].raw.view(np.float32), data)
 
 
-def test_large_tensors_written_by_several_threads_land_in_place(tmp_path, monkeypatch):
-    import kamado.gguf.writer as writer
-
-    monkeypatch.setattr(writer, "PARALLEL_WRITE_MIN_BYTES", 64)
-    big = np.random.default_rng(0).integers(0, 256, 1001, dtype=np.uint8)
-    w = GGUFWriter(tmp_path / "m.gguf")
-    w.add_tensor("a", Q.F32, (3,), np.ones(3, np.float32))
-    w.add_tensor("b", Q.I8, (1001,), big.view(np.int8))
-    w.add_tensor("c", Q.I8, (1001,), lambda: iter([big[:500], big[500:]]))
-    w.add_tensor("d", Q.F32, (3,), np.full(3, 2, np.float32))
-    (path,) = w.write()
-    t = GGUFReader(path).tensors
-    assert np.array_equal(t["b"].raw.view(np.uint8), big) and np.array_equal(t["c"].raw.view(np.uint8), big)
-    assert t["a"].raw.view(np.float32).tolist() == [1, 1, 1] and t["d"].raw.view(np.float32).tolist() == [2, 2, 2]
-
-
 @pytest.mark.parametrize("pieces", [[np.zeros(8, np.uint8)], [np.zeros(16, np.uint8), np.zeros(1, np.uint8)], [np.zeros(4, np.float32)]])
 def test_tensor_pieces_of_the_wrong_size_or_type(tmp_path, pieces):
     w = GGUFWriter(tmp_path / "m.gguf")
