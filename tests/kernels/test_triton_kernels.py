@@ -100,3 +100,31 @@ def test_bad_inputs_name_the_tensor():
         lin(torch.randn(2, 64))
     with pytest.raises(KernelError, match="no GPU kernel for TQ1_0"):
         make_linear(QuantTensor("t", Q.TQ1_0, (1, 256), torch.zeros(1, 54, dtype=torch.uint8)))
+
+
+@gpu
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K, Q.Q5_0, Q.F16], ids=lambda q: q.name)
+def test_fused_linear_equals_the_separate_products(qtype):
+    from kamado.kernels.triton import fused_linear
+
+    cols = 512
+    parts = []
+    for i, rows in enumerate((64, 16, 16)):  # q, k, v of a small GQA layer
+        if qtype == Q.F16:
+            raw = (torch.randn(rows, cols) * 0.1).half().view(torch.uint8).reshape(rows, -1)
+        else:
+            raw = random_blocks(qtype, rows, cols, seed=20 + i)
+        parts.append(QuantTensor(f"blk.0.attn_{'qkv'[i]}.weight", qtype, (rows, cols), raw))
+    fused = fused_linear(parts)
+    for m in (1, 5, 80):  # GEMV, fused GEMM, dequantize + matmul
+        x = torch.randn(m, cols, device="cuda")
+        separate = torch.cat([make_linear(p)(x) for p in parts], dim=-1)
+        assert torch.allclose(fused(x), separate, rtol=1e-5, atol=1e-5), f"M={m}"
+
+
+def test_fused_linear_refuses_mixed_types():
+    from kamado.kernels.triton import fused_linear
+
+    a = QuantTensor("a", Q.Q4_K, (4, 256), random_blocks(Q.Q4_K, 4, 256))
+    b = QuantTensor("b", Q.Q6_K, (4, 256), random_blocks(Q.Q6_K, 4, 256))
+    assert fused_linear([a, b]) is None

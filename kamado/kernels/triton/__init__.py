@@ -18,15 +18,23 @@ def available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 
 
-def make_linear(tensor, device="cuda"):
-    """TritonLinear for a kamado.kernels.QuantTensor, its weight copied to `device` once."""
+def make_linear(tensor, device="cuda", stacked=()):
+    """TritonLinear for a kamado.kernels.QuantTensor, its weight copied to `device` once (stacked: see TritonLinear)."""
     from kamado.kernels.linear import KernelError
 
     if not available():
         raise KernelError(f"tensor {tensor.name}: the GPU backend needs a CUDA device and Triton")
     from kamado.kernels.triton.linear import TritonLinear
 
-    return TritonLinear(tensor, device)
+    return TritonLinear(tensor, device, tuple(stacked))
 
 
-__all__ = ["available", "make_linear"]
+def fused_linear(tensors, device="cuda"):
+    """One TritonLinear for weights read by the same input (q/k/v, gate/up), or None when their types or widths differ."""
+    first = tensors[0]
+    if any(t.qtype != first.qtype or len(t.shape) != 2 or t.shape[1] != first.shape[1] for t in tensors):
+        return None
+    return make_linear(first, device, tensors[1:])
+
+
+__all__ = ["available", "fused_linear", "make_linear"]

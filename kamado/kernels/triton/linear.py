@@ -36,14 +36,21 @@ def _block_k(preferred: int, cols: int, group: int) -> int:
 class TritonLinear:
     """A GGUF weight resident on a CUDA device; calling it with x (M, in) returns float32 (M, out)."""
 
-    def __init__(self, tensor: QuantTensor, device: torch.device | str = "cuda"):
-        if len(tensor.shape) != 2:
-            raise KernelError(f"tensor {tensor.name}: a linear layer needs a 2-D weight, got shape {tensor.shape}")
+    def __init__(self, tensor: QuantTensor, device: torch.device | str = "cuda", stacked: tuple[QuantTensor, ...] = ()):
+        """`stacked`: further weights of the same type and width read by the same input (q/k/v, gate/up), their
+        rows appended below tensor's: one kernel launch gives all outputs side by side."""
+        parts = (tensor, *stacked)
+        for part in parts:
+            if len(part.shape) != 2:
+                raise KernelError(f"tensor {part.name}: a linear layer needs a 2-D weight, got shape {part.shape}")
+            if part.qtype != tensor.qtype or part.shape[1] != tensor.shape[1]:
+                raise KernelError(f"tensor {part.name}: {part.qtype.name} {part.shape} cannot be stacked under "
+                                  f"{tensor.name}: {tensor.qtype.name} {tensor.shape}")
         self.name = tensor.name
         self.qtype = tensor.qtype
-        self.out_features, self.in_features = tensor.shape
+        self.out_features, self.in_features = sum(part.shape[0] for part in parts), tensor.shape[1]
         if self.qtype in FLOAT_TYPES:
-            self.float_weight = tensor.float_view().to(device)
+            self.float_weight = torch.cat([part.float_view().to(device) for part in parts])
             self.weight = None
             self.device = self.float_weight.device
             return
@@ -52,7 +59,7 @@ class TritonLinear:
             raise KernelError(f"tensor {tensor.name}: no GPU kernel for {self.qtype.name}; supported: {supported}")
         self.float_weight = None
         try:
-            self.weight = split_planes(tensor.raw.to(device), self.qtype, self.in_features)
+            self.weight = split_planes(torch.cat([part.raw.to(device) for part in parts]), self.qtype, self.in_features)
         except ValueError as e:
             raise KernelError(f"tensor {tensor.name}: {e}") from None
         self.device = self.weight.planes[0].device
