@@ -27,35 +27,24 @@ if hasattr(T, "MXFP4"):
     Q8_0_WEIGHTS.add(T.MXFP4)
 
 
-def quantize_q8_0(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_row_q8_0 along the last axis (a multiple of 32): quants (..., blocks, 32) as floats, d (..., blocks)."""
-    blocks = x.float().reshape(*x.shape[:-1], -1, 32)
-    amax = blocks.abs().amax(dim=-1)
-    d = (amax / 127.0).half().float()
-    inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
-    return torch.round(blocks * inv[..., None]), d
-
-
-def quantize_q8_k(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_row_q8_K along the last axis (a multiple of 256): quants (..., blocks, 256) as floats, d (..., blocks)."""
-    blocks = x.float().reshape(*x.shape[:-1], -1, 256)
-    peak = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))[..., 0]
-    iscale = torch.where(peak != 0, -127.0 / peak, torch.zeros_like(peak))
-    q = torch.round(blocks * iscale[..., None]).clamp(max=127)
-    d = torch.where(peak != 0, 1.0 / iscale, torch.zeros_like(peak))
-    return q, d
-
-
 def round_q8_0(x: torch.Tensor) -> torch.Tensor:
     """dequantize(quantize_row_q8_0(x)) along the last axis (a multiple of 32)."""
-    q, d = quantize_q8_0(x)
-    return (q * d[..., None]).reshape(x.shape)
+    blocks = x.float().reshape(*x.shape[:-1], -1, 32)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    d = (amax / 127.0).half().float()
+    inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
+    return (torch.round(blocks * inv) * d).reshape(x.shape)
 
 
 def round_q8_k(x: torch.Tensor) -> torch.Tensor:
     """dequantize(quantize_row_q8_K(x)) along the last axis (a multiple of 256)."""
-    q, d = quantize_q8_k(x)
-    return (q * d[..., None]).reshape(x.shape)
+    blocks = x.float().reshape(*x.shape[:-1], -1, 256)
+    idx = blocks.abs().argmax(dim=-1, keepdim=True)
+    peak = blocks.gather(-1, idx)
+    iscale = torch.where(peak != 0, -127.0 / peak, torch.zeros_like(peak))
+    q = torch.round(blocks * iscale).clamp(max=127)
+    d = torch.where(peak != 0, 1.0 / iscale, torch.zeros_like(peak))
+    return (q * d).reshape(x.shape)
 
 
 def _to(dtype):
