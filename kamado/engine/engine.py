@@ -10,7 +10,8 @@ Each step the worker admits waiting requests (mapping cached prefix pages), runs
 (up to n_batch tokens) of one prefilling sequence, then one decode forward with a row per running
 sequence. Prefill chunks are never mixed with other sequences and every op computes rows
 independently, so a request's tokens do not depend on what else is running (batch invariance);
-see kamado/kernels/cpu.py for the decode kernel's row limit.
+see kamado/kernels/cpu.py for the decode kernel's row limit. Decode rows attend together, in
+calls grouped by a key width each row sets alone (kamado/engine/decode_attention.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kamado.engine.cuda_graph import DecodeGraphs
+from kamado.engine.decode_attention import RowGroup, attend_rows, group_rows
 from kamado.engine.kv_cache import CacheFullError, PagedKVCache
 from kamado.engine.sampler import SampledToken, Sampler, SamplingParams
 from kamado.engine.stop import StopMatcher
@@ -207,32 +209,53 @@ class Engine:
                 self._waiting.pop(0)
             self._running.append(_Sequence(handle, prompt, pages, key, n_cached, self))
 
-    def _attend(self, segments):
-        """An `attend` callback for rows grouped as [(sequence, first_row, n_rows, first_position)]."""
+    def _prefill_attend(self, seq: _Sequence, start: int, stop: int):
+        """An `attend` callback for the prompt rows start..stop-1 of one sequence."""
         cache = self.cache
-        indices = {}  # (segment, first key position, device) -> slot and position tensors, shared by the layers of a step
+        indices = {}  # (first key position, device) -> slot and position tensors, shared by the layers of a chunk
 
-        def index(i, first, device):
-            key = (i, first, device)
-            if key not in indices:  # built on the CPU, copied to the layer's device once per step, not once per layer
-                seq, _, n, pos = segments[i]
-                parts = (cache.slots(seq.pages, pos, pos + n), cache.slots(seq.pages, first, pos + n),
-                         torch.arange(pos, pos + n), torch.arange(first, pos + n))
-                indices[key] = tuple(t.to(device) for t in parts)
-            return indices[key]
+        def index(first, device):
+            if (first, device) not in indices:  # built on the CPU, copied to the layer's device once per chunk, not once per layer
+                parts = (cache.slots(seq.pages, start, stop), cache.slots(seq.pages, first, stop), torch.arange(start, stop),
+                         torch.arange(first, stop))
+                indices[(first, device)] = tuple(t.to(device) for t in parts)
+            return indices[(first, device)]
 
         def attend(spec, q, k, v):
-            outs = []
             kc, vc = cache.k[spec.index], cache.v[spec.index]
-            for i, (_, row, n, pos) in enumerate(segments):
-                first = max(0, pos - spec.window + 1) if spec.window else 0
-                slots, k_slots, q_pos, k_pos = index(i, first, kc.device)
-                # index_copy_/index_select: ~5x faster on the CPU than indexing with a tensor (index_put/index)
-                kc.index_copy_(0, slots, k[row : row + n].to(kc.dtype))
-                vc.index_copy_(0, slots, v[row : row + n].to(vc.dtype))
-                keys, values = kc.index_select(0, k_slots), vc.index_select(0, k_slots)
-                outs.append(attention(q[row : row + n], keys, values, q_pos, k_pos, spec.scale, spec.window, spec.softcap))
-            return torch.cat(outs)
+            slots, k_slots, q_pos, k_pos = index(max(0, start - spec.window + 1) if spec.window else 0, kc.device)
+            # index_copy_/index_select: ~5x faster on the CPU than indexing with a tensor (index_put/index)
+            kc.index_copy_(0, slots, k.to(kc.dtype))
+            vc.index_copy_(0, slots, v.to(vc.dtype))
+            return attention(q, kc.index_select(0, k_slots), vc.index_select(0, k_slots), q_pos, k_pos, spec.scale, spec.window,
+                             spec.softcap)
+
+        return attend
+
+    def _decode_attend(self, seqs: list[_Sequence]):
+        """An `attend` callback for one query row per sequence, all attended in batched calls (decode_attention.py)."""
+        cache = self.cache
+        positions = [len(s.tokens) - 1 for s in seqs]
+        tables = {}  # (window, device) -> (slots to store the rows' K/V in, row groups), shared by the layers of a step
+
+        def table(window, device):
+            if (window, device) not in tables:
+                key_slots = [cache.slots(s.pages, max(0, pos - window + 1) if window else 0, pos + 1) for s, pos in zip(seqs, positions)]
+                groups = [RowGroup(*(t.to(device) for t in (g.rows, g.slots, g.hidden))) for g in group_rows(key_slots)]
+                tables[(window, device)] = torch.cat([slots[-1:] for slots in key_slots]).to(device), groups
+            return tables[(window, device)]
+
+        def attend(spec, q, k, v):
+            kc, vc = cache.k[spec.index], cache.v[spec.index]
+            write, groups = table(spec.window, kc.device)
+            kc.index_copy_(0, write, k.to(kc.dtype))
+            vc.index_copy_(0, write, v.to(vc.dtype))
+            if len(groups) == 1:  # rows in batch order
+                return attend_rows(q, kc, vc, groups[0], spec.scale, spec.softcap)
+            out = q.new_empty(q.shape[0], q.shape[1] * vc.shape[2])
+            for g in groups:
+                out.index_copy_(0, g.rows, attend_rows(q.index_select(0, g.rows), kc, vc, g, spec.scale, spec.softcap))
+            return out
 
         return attend
 
@@ -242,7 +265,7 @@ class Engine:
         tokens = torch.tensor(seq.tokens[start:stop])
         last = stop == seq.n_prompt
         out_rows = torch.tensor([stop - start - 1]) if last else torch.tensor([], dtype=torch.long)
-        logits = self.model(tokens, torch.arange(start, stop), self._attend([(seq, 0, stop - start, start)]), out_rows)
+        logits = self.model(tokens, torch.arange(start, stop), self._prefill_attend(seq, start, stop), out_rows)
         self._computed(seq, stop)
         if last:
             self._accept(seq, seq.sampler.sample(logits[0], seq.tokens))
@@ -253,8 +276,7 @@ class Engine:
         else:
             tokens = torch.tensor([s.tokens[-1] for s in seqs])
             positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
-            segments = [(s, i, 1, len(s.tokens) - 1) for i, s in enumerate(seqs)]
-            logits = self.model(tokens, positions, self._attend(segments), torch.arange(len(seqs)))
+            logits = self.model(tokens, positions, self._decode_attend(seqs), torch.arange(len(seqs)))
         for i, s in enumerate(seqs):
             self._computed(s, len(s.tokens))
             self._accept(s, s.sampler.sample(logits[i], s.tokens))
