@@ -82,7 +82,8 @@ class DecodeGraphs:
                 and not model.cfg.n_expert)
 
     def logits(self, rows: list[tuple[int, int, list[int]]]) -> torch.Tensor:
-        """rows: (last token, its position, the sequence's pages) per decoding sequence -> float32 logits (rows, vocab) on the CPU."""
+        """rows: (last token, its position, the sequence's pages) per decoding sequence -> float32 logits (rows, vocab) on the
+        device (the engine picks greedy rows there and copies the others' rows to its samplers)."""
         n = len(rows)
         n_rows = _bucket(n)
         n_keys = _bucket(max(pos for _, pos, _ in rows) + 1, MIN_KEYS)
@@ -92,11 +93,11 @@ class DecodeGraphs:
             shape = self.shapes[(n_rows, n_keys)] = _Shape(self.model, n_rows, n_keys, self.device)
         self._fill(shape, rows)
         if not self.capture:
-            return self._forward(shape)[:n].cpu()
+            return self._forward(shape)[:n]
         if shape.graph is None:
             self._capture(shape)
         shape.graph.replay()
-        return shape.out[:n].cpu()
+        return shape.out[:n].clone()  # the graph's buffer is overwritten by the next replay
 
     def _fill(self, shape: _Shape, rows: list[tuple[int, int, list[int]]]) -> None:
         page_size = self.cache.page_size

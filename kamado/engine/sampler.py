@@ -197,14 +197,31 @@ class Sampler:
         cand.logits = cand.logits / p.temperature
         return cand
 
+    @property
+    def _penalties_on(self) -> bool:
+        p = self.params
+        return p.repeat_last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0)
+
+    @property
+    def _dry_on(self) -> bool:
+        p = self.params
+        return p.dry_multiplier != 0.0 and p.dry_base >= 1.0 and p.dry_penalty_last_n != 0
+
+    @property
+    def is_greedy(self) -> bool:
+        """The chain keeps the raw logits' argmax and nothing else (no bias, penalties, DRY, typical_p or XTC), so
+        `greedy_rows` gives what `sample` would, wherever the logits are."""
+        p = self.params
+        return (p.temperature <= 0 and p.typical_p >= 1 and p.xtc_probability <= 0 and self._bias_ids is None
+                and not self._penalties_on and not self._dry_on)
+
     def _penalised(self, raw: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
         """logit_bias, repetition penalties and DRY: the stages that shift single logits of the whole vocab.
 
         Works on a copy when any of them is on: `raw` may be the engine's logits buffer.
         """
         p = self.params
-        penalties_on = p.repeat_last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0)
-        dry_on = p.dry_multiplier != 0.0 and p.dry_base >= 1.0 and p.dry_penalty_last_n != 0
+        penalties_on, dry_on = self._penalties_on, self._dry_on
         history_used = len(history) > 0 and (penalties_on or dry_on)
         if self._bias_ids is None and not history_used:
             return raw
@@ -255,6 +272,26 @@ class Sampler:
             values, ids = _largest(raw, min(self.params.n_probs, self.vocab_size))
             top = list(zip(ids.tolist(), (values - log_norm).tolist(), strict=True))
         return SampledToken(id=token, logprob=float(raw[token] - log_norm), top=top)
+
+
+def greedy_rows(logits: torch.Tensor, n_probs: list[int]) -> list[SampledToken] | None:
+    """What `Sampler.sample` returns for each row of `logits` (rows, vocab) whose sampler `is_greedy`, computed where
+    the logits are, with one copy to the host for all rows; n_probs: each row's number of top logprobs.
+
+    Why: for a GPU decode step, copying every row's logits to the host and ranking them there took longer than the
+    step itself (docs/GPU.md). None when some row's best logit is NaN or -inf: `sample` then names the problem.
+    """
+    k = max([1, *n_probs])
+    values, ids = torch.topk(logits.float(), min(k, logits.shape[-1]), dim=-1)
+    logprobs = values - torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+    host = torch.cat([ids.double(), logprobs.double()], dim=-1).cpu()  # ids < 2**53: exact as doubles
+    out = []
+    for row, n in zip(host.tolist(), n_probs, strict=True):
+        row_ids, row_logprobs = [int(i) for i in row[: len(row) // 2]], row[len(row) // 2 :]
+        if not math.isfinite(row_logprobs[0]):
+            return None
+        out.append(SampledToken(row_ids[0], row_logprobs[0], list(zip(row_ids[:n], row_logprobs[:n], strict=True))))
+    return out
 
 
 # -- stages on a candidate list (each a no-op when its setting turns it off) ---------------------------
