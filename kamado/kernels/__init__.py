@@ -8,6 +8,6 @@ by adding a module with the same `make_linear` shape to BACKENDS. docs/NUMERICS.
 needs and what was measured.
 """
 
-from kamado.kernels.linear import BACKENDS, KernelError, QuantTensor, embedding_rows, make_linear
+from kamado.kernels.linear import BACKENDS, KernelError, QuantTensor, embedding_rows, make_fused_linear, make_linear
 
-__all__ = ["BACKENDS", "KernelError", "QuantTensor", "embedding_rows", "make_linear"]
+__all__ = ["BACKENDS", "KernelError", "QuantTensor", "embedding_rows", "make_fused_linear", "make_linear"]

@@ -20,9 +20,18 @@ are computed in float32 as stored.
 
 Weights of FBGEMM_MIN_WEIGHTS and more (the output projections, a third to a half of a decode step's
 time for these small models) go through fbgemm's int8 GEMM instead, for every batch size: it reads
-them at close to memory bandwidth (Gemma 3's 262144x640: 20 ms a row against int8pack's 28 ms, 43 ms
-against 84 ms for 8 rows, one thread), and perplexity chunks no longer convert them to bf16. fbgemm
-keeps its packed copy beside the original codes, so these weights take 2 bytes each.
+them at close to memory bandwidth, and perplexity chunks no longer convert them to bf16. Measured
+2026-11-25 on a quiet 16-core Xeon (AVX-512, 300 MiB L3) pinned to 2 cores (torch 2.11, random weights,
+one decode row, ms per step): Qwen 2.5 0.5B's output projection int8pack 14.1, fbgemm 10.3 (fbgemm
+with one 8-bit pass 6.9); its 96 layer products int8pack 35.1, fbgemm 36.1 (one pass 21.6); Gemma 3
+270M's 72 layer products int8pack 11.1, fbgemm 15.3 (one pass 6.8). So the layer products stay on
+int8pack: fbgemm wins there only with one 8-bit pass over the activations, which is ~40x less accurate
+than bf16 activations on rows with outlier channels (see _fbgemm_linear), and it is slower for prefill.
+
+Memory: each weight is held once, as int8 (fbgemm's packed copy or int8pack's codes) plus a scale per
+row; the GGUF file's pages are released as soon as their rows are repacked (QuantTensor.release_pages),
+fbgemm's own reference to the codes it packed is emptied, and packing goes in row parts so that a load
+never holds more than a part twice.
 """
 
 from __future__ import annotations
@@ -31,12 +40,12 @@ import warnings
 
 import torch
 
+from kamado.kernels.heap import release_free_heap
 from kamado.kernels.linear import CHUNK_ELEMENTS, QuantTensor, ReferenceLinear, _check_2d
 
 DECODE_ROWS = 16
-# Weights from which on fbgemm computes every product (the output projections: Gemma 3's 262144x640
-# takes 20 ms per decode row against int8pack's 28 ms, 43 ms against 84 ms for 8 rows); smaller ones
-# stay on int8pack (faster for a single row) and bf16 AMX (prefill).
+# Weights from which on fbgemm computes every product (the output projections); smaller ones stay on
+# int8pack (decode) and bf16 AMX (prefill): see the measurements above.
 FBGEMM_MIN_WEIGHTS = 1 << 24
 
 
@@ -50,21 +59,22 @@ class Int8Linear:
         self.out_features, self.in_features = sum(part.shape[0] for part in parts), tensor.shape[1]
         self.float_weight = tensor.float_view()
         self.packed = None
-        if self.float_weight is None:
-            extra = _RANGE_COLUMNS.shape[1] if self.out_features * self.in_features >= FBGEMM_MIN_WEIGHTS else 0
-            codes, scales = zip(*(_requantize_int8(part, extra) for part in parts), strict=True)
-            qweight, scale = (torch.cat(codes), torch.cat(scales)) if stacked else (codes[0], scales[0])
-            if extra:
-                self.packed = _fbgemm_pack(qweight, scale)
-            else:
-                self.qweight, self.scale = qweight, scale
-                self.scale_bf16 = self.scale.to(torch.bfloat16)
+        if self.float_weight is not None:
+            return
+        if self.out_features * self.in_features >= FBGEMM_MIN_WEIGHTS:
+            self.packed = _fbgemm_pack_parts(parts)
+        else:
+            codes, scales = zip(*(_requantize_int8(part) for part in parts), strict=True)
+            self.qweight, self.scale = (torch.cat(codes), torch.cat(scales)) if stacked else (codes[0], scales[0])
+            self.scale_bf16 = self.scale.to(torch.bfloat16)
+            release_free_heap()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.float_weight is not None:
             return x @ self.float_weight.float().T
         if self.packed is not None:
-            return torch.cat([_fbgemm_linear(x[a : a + DECODE_ROWS], self.packed) for a in range(0, x.shape[0], DECODE_ROWS)])
+            step = max(1, CHUNK_ELEMENTS // (2 * self.out_features))  # bounds fbgemm's (2 x rows, out) float32 output
+            return torch.cat([_fbgemm_linear(x[a : a + step], self.packed) for a in range(0, x.shape[0], step)])
         if x.shape[0] <= DECODE_ROWS:
             return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.qweight, self.scale_bf16).float()
         xb = x.to(torch.bfloat16)
@@ -90,54 +100,74 @@ def fused_linear(tensors: list[QuantTensor]) -> Int8Linear | None:
     return Int8Linear(*tensors)
 
 
-def _requantize_int8(tensor: QuantTensor, zero_columns: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes (rows, cols + zero_columns) with the extra columns zero, and one scale per row."""
-    rows, cols = tensor.shape
-    qweight = torch.zeros(rows, cols + zero_columns, dtype=torch.int8)
-    scale = torch.empty(rows, dtype=torch.float32)
-    for a, b in tensor.row_chunks():
+# Weights dequantized at once while repacking: dequantization and rounding hold several float32 copies of a chunk
+# at a time (~5x its size), which set the load's peak memory with linear.CHUNK_ELEMENTS (~80 MiB over the codes).
+REQUANTIZE_CHUNK_ELEMENTS = 1 << 20
+
+
+def _requantize_int8(tensor: QuantTensor, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes of the selected rows and one float32 scale per row; the rows' file pages are released as they are read."""
+    first, stop, _ = rows.indices(tensor.shape[0])
+    cols = tensor.shape[1]
+    qweight = torch.empty(stop - first, cols, dtype=torch.int8)
+    scale = torch.empty(stop - first, dtype=torch.float32)
+    step = max(1, REQUANTIZE_CHUNK_ELEMENTS // cols)
+    for a in range(first, stop, step):
+        b = min(stop, a + step)
         w = tensor.dequantize(slice(a, b))
         s = w.abs().amax(dim=1) / 127.0
         s = torch.where(s > 0, s, torch.ones_like(s))
-        qweight[a:b, :cols] = torch.round(w / s[:, None]).to(torch.int8)
-        scale[a:b] = s
+        qweight[a - first : b - first] = torch.round(w / s[:, None]).to(torch.int8)
+        scale[a - first : b - first] = s
+        tensor.release_pages(slice(a, b))  # repacked: the file's copy need not stay resident
     return qweight, scale
 
 
-# fbgemm's dynamic linear quantizes its whole input to uint8 over one range taken from the tensor's
-# min/max. Every row scaled to max |x| = 1, plus these two columns (zero weights), fixes that range at
-# [-1, 1] whatever the batch, so each row's result depends on that row alone (batch invariance).
-_RANGE_COLUMNS = torch.tensor([[-1.0, 1.0]])
-_STEP = 2.0 / 255  # fbgemm's uint8 step over [-1, 1]
-_ZERO_POINT = round(1.0 / _STEP)
+# fbgemm packs a weight into its own layout and keeps the int8 tensor it was given beside it (for unpacking, which
+# kamado never does). Packing in row parts bounds the memory a load needs at once to about twice a part (its int8
+# codes and their packed copy); each part's codes are freed once packed. But every part costs a decode step ~0.3 ms
+# more (Gemma 3's 262144x640 output, one thread: one part 16.2 ms, three 17.4, eleven of 2^24 weights 19.1), so
+# parts are large: loading Gemma 3 270M peaks ~60 MiB (2^24) or ~130 MiB (2^26) above what the weights keep.
+PACK_PART_WEIGHTS = 1 << 26
 
 
-def _fbgemm_pack(qweight: torch.Tensor, scale: torch.Tensor):
-    """qweight already carries the zero columns facing _RANGE_COLUMNS."""
-    rows = qweight.shape[0]
+def _fbgemm_pack_parts(tensors: tuple[QuantTensor, ...]) -> list:
+    packed = []
+    for tensor in tensors:
+        rows, cols = tensor.shape
+        step = max(1, PACK_PART_WEIGHTS // cols)
+        packed += [_fbgemm_pack(tensor, slice(a, min(rows, a + step))) for a in range(0, rows, step)]
+    return packed
+
+
+def _fbgemm_pack(tensor: QuantTensor, rows: slice):
+    codes, scale = _requantize_int8(tensor, rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch deprecates quantized tensors; fbgemm's int8 GEMV is still the fastest here
-        q = torch._make_per_channel_quantized_tensor(qweight, scale.double(), torch.zeros(rows, dtype=torch.long), 0)
-        return torch.ops.quantized.linear_prepack(q, None)
+        q = torch._make_per_channel_quantized_tensor(codes, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0)
+        packed = torch.ops.quantized.linear_prepack(q, None)
+    # linear_prepack keeps `q` itself as the weight to unpack: give its bytes back (packed holds its own copy).
+    q.untyped_storage().resize_(0)
+    del codes, q
+    release_free_heap()
+    return packed
 
 
-def _fbgemm_linear(x: torch.Tensor, packed) -> torch.Tensor:
-    """x @ W.T with x split into an 8-bit part and its 8-bit residual, both in one fbgemm call.
+# Activations enter fbgemm's int8 product as two rows of 8-bit codes: the row scaled to [-127, 127] and rounded,
+# then its rounding residual (within +-0.5) scaled by 254. fbgemm's own quantization with scale 1 and zero point
+# 128 then only rounds (it sees no data-dependent range), so each row's result depends on that row alone (batch
+# invariance), and the pair is ~15-bit accurate: one 8-bit pass lost too much on Gemma's outlier channels
+# (logprobs drifted twice as far from llama.cpp's as with bf16 activations). Decode is memory-bound, so the
+# 2M rows cost about what M rows do.
+_LEVELS = 127.0
+_RESIDUAL_GAIN = 254.0
+_fbgemm_product = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
 
-    One 8-bit pass per row loses too much (Gemma's activations have outliers: logprobs drifted twice as far
-    from llama.cpp's as with bf16 activations); the residual pass makes the activations ~16-bit accurate.
-    Decode is memory-bound, so 2M rows cost about what M rows do.
-    """
+
+def _fbgemm_linear(x: torch.Tensor, packed: list) -> torch.Tensor:
     m = x.shape[0]
-    high_norm = _row_norm(x)
-    high = x / high_norm
-    kept = (torch.clamp(torch.round(high / _STEP) + _ZERO_POINT, 0, 255) - _ZERO_POINT) * _STEP
-    low = x - kept * high_norm
-    low_norm = _row_norm(low)
-    rows = torch.cat([torch.cat([high, low / low_norm]), _RANGE_COLUMNS.expand(2 * m, -1)], dim=-1)
-    y = torch.ops.quantized.linear_dynamic(rows, packed, False)
-    return y[:m] * high_norm + y[m:] * low_norm
-
-
-def _row_norm(x: torch.Tensor) -> torch.Tensor:
-    return x.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    norm = x.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    u = x * (_LEVELS / norm)
+    rows = torch.cat([u, (u - torch.round(u)) * _RESIDUAL_GAIN])
+    y = torch.cat([_fbgemm_product(rows, 1.0, 128, part) for part in packed], dim=-1)
+    return (y[:m] + y[m:] * (1.0 / _RESIDUAL_GAIN)) * (norm / _LEVELS)

@@ -89,17 +89,30 @@ class Rope:
         return torch.cos(theta) * mscale, torch.sin(theta) * mscale
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: (T, heads, head_dim); rotates the first n_dims of each head."""
-        n = self.spec.n_dims
-        rot, rest = x[..., :n], x[..., n:]
-        c, s = cos[:, None, :], sin[:, None, :]
-        if self.spec.neox:
-            a, b = rot[..., : n // 2], rot[..., n // 2 :]
-            out = torch.cat([a * c - b * s, a * s + b * c], dim=-1)
-        else:
-            a, b = rot[..., 0::2], rot[..., 1::2]
-            out = torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)
-        return out if rest.shape[-1] == 0 else torch.cat([out, rest], dim=-1)
+        """x: (T, heads, head_dim); rotates the first n_dims of each head (cos/sin from `cos_sin`)."""
+        return self.rotate(x, *self.tables(cos, sin, x.shape[-1]))
+
+    def tables(self, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """cos_sin's half-width tables spread over whole heads, for `rotate`: (T, 1, head_dim) factors and a permutation.
+
+        Pair (a, b) becomes (a*c - b*s, b*c + a*s), i.e. x*C + x[partner]*S with S = -s at a and +s at b: the same
+        float32 products and sums as rotating pair by pair, in four torch calls for every head of q and k at once.
+        Dimensions past n_dims keep C = 1, S = 0 (x*1 + y*0 is x exactly).
+        """
+        n, half, device = self.spec.n_dims, self.spec.n_dims // 2, cos.device  # built on the device: a CUDA graph captures this
+        first = torch.arange(half, device=device) if self.spec.neox else torch.arange(0, n, 2, device=device)  # a's index of each pair
+        second = first + half if self.spec.neox else first + 1
+        partner = torch.arange(head_dim, device=device)
+        partner[first], partner[second] = second, first
+        c_full = torch.ones(cos.shape[0], head_dim, dtype=cos.dtype, device=device)
+        s_full = torch.zeros_like(c_full)
+        c_full[:, first], c_full[:, second] = cos, cos
+        s_full[:, first], s_full[:, second] = -sin, sin
+        return c_full[:, None, :], s_full[:, None, :], partner
+
+    @staticmethod
+    def rotate(x: torch.Tensor, c_full: torch.Tensor, s_full: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        return x * c_full + x.index_select(-1, partner) * s_full
 
 
 def _yarn_corr_dims(s: RopeSpec) -> tuple[float, float]:
@@ -130,16 +143,19 @@ def attention(
     emulating that changed and why it is not done here.
     """
     n_tok, n_head, n_kv = q.shape[0], q.shape[1], k.shape[1]
-    qg = q.float().reshape(n_tok, n_kv, n_head // n_kv, q.shape[2])
-    scores = torch.einsum("tkgd,skd->kgts", qg, k.half().float())
+    group = n_head // n_kv
+    # Both products are the batched matmuls torch.einsum("tkgd,skd->kgts") and ("kgts,skd->tkgd") run, called directly:
+    # the same results without einsum's planning, which cost as much as the products for one query row.
+    qg = q.float().reshape(n_tok, n_kv, group, q.shape[2]).permute(1, 2, 0, 3).reshape(n_kv, group * n_tok, q.shape[2])
+    scores = torch.bmm(qg, k.half().float().permute(1, 2, 0)).reshape(n_kv, group, n_tok, k.shape[0])
     scores = torch.tanh(scores * (scale / softcap)) * softcap if softcap else scores * scale
     delta = q_pos[:, None] - k_pos[None, :]
     visible = delta >= 0
     if window:
         visible &= delta < window
     probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
-    out = torch.einsum("kgts,skd->tkgd", probs, v.half().float())
-    return out.reshape(n_tok, n_head * v.shape[2])
+    out = torch.bmm(probs.reshape(n_kv, group * n_tok, k.shape[0]), v.half().float().permute(1, 0, 2))
+    return out.reshape(n_kv, group, n_tok, v.shape[2]).permute(2, 0, 1, 3).reshape(n_tok, n_head * v.shape[2])
 
 
 def top_k_routing(router_logits: torch.Tensor, k: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

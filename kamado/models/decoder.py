@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kamado.kernels import QuantTensor, embedding_rows, make_linear
-from kamado.kernels.cpu import fused_linear
+from kamado.kernels import QuantTensor, embedding_rows, make_fused_linear, make_linear
 from kamado.models import exact
 from kamado.models.blocks import ACTIVATIONS, Rope, RopeSpec, attention, rms_norm, top_k_routing
 from kamado.models.config import ModelConfig, ModelError
@@ -24,8 +23,6 @@ from kamado.models.config import ModelConfig, ModelError
 EXACT_BACKEND = "reference"
 # Backends whose layers also use exact.ACTIVATIONS: ggml's fp16 GELU table is a CPU lookup (ggml-cuda computes GELU in float32).
 EXACT_ACTIVATION_BACKENDS = {EXACT_BACKEND, "cuda"}
-# The backend whose q/k/v and gate/up weights are joined into one product each (kamado.kernels.cpu.fused_linear).
-FUSING_BACKEND = "cpu"
 
 
 @dataclass(frozen=True)
@@ -94,14 +91,19 @@ class Layer:
         qkv = t.get(p + "attn_qkv.weight", required=False)
         if qkv is not None:
             self.qkv = make_linear(qkv, backend)
-            self.q = self.k = self.v = None
         else:
             weights = [t.get(p + f"attn_{n}.weight") for n in "qkv"]
-            self.qkv = fused_linear(weights) if backend == FUSING_BACKEND else None
+            self.qkv = make_fused_linear(weights, backend)
             self.q, self.k, self.v = (None, None, None) if self.qkv else (make_linear(w, backend) for w in weights)
-        self.q_bias, self.k_bias, self.v_bias = (t.vector(p + f"attn_{n}.bias", required=False) for n in "qkv")
-        self.q_norm = t.vector(p + "attn_q_norm.weight", required=False)
-        self.k_norm = t.vector(p + "attn_k_norm.weight", required=False)
+        widths = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim, cfg.n_head_kv * cfg.head_dim_v)
+        biases = [t.vector(p + f"attn_{n}.bias", required=False) for n in "qkv"]
+        # one add over q|k|v (a missing bias adds zeros: x + 0 is x)
+        self.qkv_bias = None if all(b is None for b in biases) else torch.cat(
+            [torch.zeros(w) if b is None else b for b, w in zip(biases, widths, strict=True)])
+        q_norm = t.vector(p + "attn_q_norm.weight", required=False)
+        k_norm = t.vector(p + "attn_k_norm.weight", required=False)
+        # q and k heads are normed and rotated together, as one (T, n_head + n_head_kv, head_dim) tensor
+        self.qk_norm = None if q_norm is None else torch.cat([q_norm.expand(cfg.n_head, -1), k_norm.expand(cfg.n_head_kv, -1)])
         self.o = make_linear(t.get(p + "attn_output.weight"), backend)
         self.post_attn_norm = t.vector(p + "post_attention_norm.weight", required=arch.post_norms)
         self.ffn_norm = t.vector(p + "ffn_norm.weight")
@@ -115,13 +117,18 @@ class Layer:
             ]
         else:
             gate, up = t.get(p + "ffn_gate.weight", required=False), t.get(p + "ffn_up.weight")
-            fused = fused_linear([gate, up]) if gate is not None and backend == FUSING_BACKEND else None
+            fused = make_fused_linear([gate, up], backend) if gate is not None else None
             self.gate = None if gate is None or fused else make_linear(gate, backend)
             self.up = fused or make_linear(up, backend)  # fused: gate is the first half, as Phi-3's gate_up
             self.down = make_linear(t.get(p + "ffn_down.weight"), backend)
         for name, value in list(vars(self).items()):  # norm and bias vectors live beside the layer's weights
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(self.device))
+
+    def qkv_out(self, h: torch.Tensor) -> torch.Tensor:
+        """q|k|v side by side (T, widths), biases added."""
+        out = self.qkv(h) if self.qkv is not None else torch.cat([self.q(h), self.k(h), self.v(h)], dim=-1)
+        return out if self.qkv_bias is None else out + self.qkv_bias
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is None:  # fused gate_up (Phi-3): gate is the first half
@@ -218,30 +225,23 @@ class DecoderModel(torch.nn.Module):
         x = self.embed(tokens) if x is None else x
         n = x.shape[0]
         trig = {} if trig is None else trig
+        tables = {}  # rope.tables of each trig entry, built once per step
         for layer, spec, rope in zip(self.layers, self.attn, self.ropes, strict=True):
             x = x.to(layer.device)  # crosses devices once per CPU/GPU boundary (a no-op otherwise)
             key = (id(rope), layer.device)
             if key not in trig:  # rope tables are computed on the CPU (float32 as ggml), then moved once per step
                 trig[key] = tuple(c.to(layer.device) for c in rope.cos_sin(positions))
-            cos, sin = trig[key]
+            if key not in tables:
+                tables[key] = rope.tables(*trig[key], cfg.head_dim)
             h = rms_norm(x, layer.attn_norm, cfg.eps)
-            if layer.qkv is not None:
-                q, k, v = layer.qkv(h).split([cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim, cfg.n_head_kv * cfg.head_dim_v], -1)
-            else:
-                q, k, v = layer.q(h), layer.k(h), layer.v(h)
-            if layer.q_bias is not None:
-                q = q + layer.q_bias
-            if layer.k_bias is not None:
-                k = k + layer.k_bias
-            if layer.v_bias is not None:
-                v = v + layer.v_bias
-            q = q.reshape(n, cfg.n_head, cfg.head_dim)
-            k = k.reshape(n, cfg.n_head_kv, cfg.head_dim)
-            v = v.reshape(n, cfg.n_head_kv, cfg.head_dim_v)
-            if layer.q_norm is not None:
-                q = rms_norm(q, layer.q_norm, cfg.eps)
-                k = rms_norm(k, layer.k_norm, cfg.eps)
-            q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
+            qkv = layer.qkv_out(h)
+            n_qk = (cfg.n_head + cfg.n_head_kv) * cfg.head_dim
+            qk = qkv[:, :n_qk].reshape(n, cfg.n_head + cfg.n_head_kv, cfg.head_dim)
+            v = qkv[:, n_qk:].reshape(n, cfg.n_head_kv, cfg.head_dim_v)
+            if layer.qk_norm is not None:
+                qk = rms_norm(qk, layer.qk_norm, cfg.eps)
+            qk = rope.rotate(qk, *tables[key])
+            q, k = qk[:, : cfg.n_head], qk[:, cfg.n_head :]
             a = layer.o(attend(spec, q, k, v))
             if layer.post_attn_norm is not None:
                 a = rms_norm(a, layer.post_attn_norm, cfg.eps)

@@ -51,3 +51,36 @@ def test_unknown_architecture_is_named_with_the_supported_list():
 def test_missing_tensor_is_named():
     with pytest.raises(ModelError, match="tensor blk.0.ffn_down.weight is missing"):
         tiny_model("qwen2", drop="blk.0.ffn_down.weight")
+
+
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("n_dims", [8, 4])  # whole heads, and a partial rotation (the rest passes through)
+def test_rope_rotates_each_pair_exactly_as_pairwise_float32_arithmetic(neox, n_dims):
+    rope = Rope(RopeSpec(n_dims, 10000.0, neox))
+    x = torch.randn(3, 5, 8)
+    pos = torch.tensor([0, 3, 700])
+    cos, sin = rope.cos_sin(pos)
+    half = n_dims // 2
+    a_idx = torch.arange(half) if neox else torch.arange(0, n_dims, 2)
+    b_idx = a_idx + half if neox else a_idx + 1
+    want = x.clone()
+    a, b, c, s = x[..., a_idx], x[..., b_idx], cos[:, None, :], sin[:, None, :]
+    want[..., a_idx], want[..., b_idx] = a * c - b * s, a * s + b * c
+    assert torch.equal(rope.apply(x, cos, sin), want)  # same products and sums, bit for bit
+
+
+
+@pytest.mark.parametrize("n_tok, n_keys", [(1, 1), (1, 40), (5, 9), (70, 70)])  # decode, prefill, a one-key start
+@pytest.mark.parametrize("softcap, window", [(0.0, 0), (30.0, 4)])
+def test_attention_equals_the_einsum_formulation_bit_for_bit(n_tok, n_keys, softcap, window):
+    g = torch.Generator().manual_seed(n_tok * 100 + n_keys)
+    q, k, v = torch.randn(n_tok, 6, 16, generator=g), torch.randn(n_keys, 2, 16, generator=g), torch.randn(n_keys, 2, 16, generator=g)
+    q_pos, k_pos = torch.arange(n_keys - n_tok, n_keys), torch.arange(n_keys)
+    qg = q.reshape(n_tok, 2, 3, 16)
+    scores = torch.einsum("tkgd,skd->kgts", qg, k.half().float())
+    scores = torch.tanh(scores * (0.25 / softcap)) * softcap if softcap else scores * 0.25
+    delta = q_pos[:, None] - k_pos[None, :]
+    visible = (delta >= 0) & (delta < window) if window else delta >= 0
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    want = torch.einsum("kgts,skd->tkgd", probs, v.half().float()).reshape(n_tok, 96)
+    assert torch.equal(attention(q, k, v, q_pos, k_pos, 0.25, window, softcap), want)
