@@ -156,6 +156,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._lock:
+                if not self._waiting and not self._running and not self._closed:
+                    release_thread_pool()  # idle: another engine (bench -m A -m B, a server's models) may compute meanwhile
                 while not self._waiting and not self._running and not self._closed:
                     self._lock.wait()
                 if self._closed:
