@@ -436,7 +436,8 @@ def test_greedy_rows_leave_a_row_without_a_finite_best_to_the_sampler():
     assert greedy_rows(logits, [0, 0]) is None
 
 
-@pytest.mark.parametrize("params", [dict(temperature=0.8), dict(temperature=0, repeat_penalty=1.1), dict(temperature=0, logit_bias={1: 2.0}),
-                                    dict(temperature=0, typical_p=0.9), dict(temperature=0, dry_multiplier=0.5)])
+@pytest.mark.parametrize("params", [dict(temperature=0.8), dict(temperature=0, repeat_penalty=1.1),
+                                    dict(temperature=0, logit_bias={1: 2.0}), dict(temperature=0, typical_p=0.9),
+                                    dict(temperature=0, dry_multiplier=0.5)])
 def test_a_chain_that_changes_logits_is_not_greedy(params):
     assert not Sampler(SamplingParams(**params), 10).is_greedy
