@@ -64,15 +64,27 @@ class Rope:
         self.spec = spec
         half = spec.n_dims // 2
         theta_scale = torch.tensor(spec.base, dtype=torch.float32) ** (-2.0 / spec.n_dims)
-        # ggml multiplies theta by theta_scale once per pair, in float32: reproduce that rounding.
-        self.steps = torch.full((half,), float(theta_scale), dtype=torch.float32)
+        self.theta_scale = theta_scale
         self.freq_factors = None if freq_factors is None else freq_factors.float()
         self.corr_dims = _yarn_corr_dims(spec) if spec.ext_factor else None
+        self._thetas = torch.empty(0, half)  # row p: the angles of position p, grown on demand
+
+    def thetas(self, n_positions: int) -> torch.Tensor:
+        """Angles (n_positions, n_dims / 2) as ggml computes them: theta = p, then theta *= theta_scale once per pair, each
+        product rounded to float32. (torch.cumprod accumulates in double: a quarter of the angles came out an ulp apart.)"""
+        if len(self._thetas) < n_positions:
+            n = max(n_positions, 2 * len(self._thetas), 256)
+            table = torch.empty(n, self._thetas.shape[1])
+            theta = torch.arange(n, dtype=torch.float32)
+            for i in range(table.shape[1]):
+                table[:, i] = theta
+                theta = theta * self.theta_scale
+            self._thetas = table
+        return self._thetas[:n_positions]
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.spec
-        seq = torch.cat([positions.float()[:, None], self.steps[None, 1:].expand(len(positions), -1)], dim=1)
-        theta = torch.cumprod(seq, dim=1)
+        theta = self.thetas(int(positions.max()) + 1 if len(positions) else 0)[positions]
         if self.freq_factors is not None:
             theta = theta / self.freq_factors
         mscale = s.attn_factor

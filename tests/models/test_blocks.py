@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,17 @@ def test_attention_equals_the_einsum_formulation_bit_for_bit(n_tok, n_keys, soft
     probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
     want = torch.einsum("kgts,skd->tkgd", probs, v.half().float()).reshape(n_tok, 96)
     assert torch.equal(attention(q, k, v, q_pos, k_pos, 0.25, window, softcap), want)
+
+
+def test_rope_angles_are_ggmls_float32_products():
+    # ggml_rope_cache_init: theta = p; per pair: use theta, then theta *= theta_scale, each product rounded to float32
+    rope = Rope(RopeSpec(128, 1000000.0, True))
+    scale = np.float32(rope.theta_scale.item())
+    positions = torch.tensor([0, 1, 7, 300, 4095, 70000])
+    got = rope.thetas(70001)[positions].numpy()
+    for row, p in zip(got, positions.tolist(), strict=True):
+        theta, expected = np.float32(p), []
+        for _ in range(64):
+            expected.append(theta)
+            theta = np.float32(theta * scale)
+        assert np.array_equal(row, np.array(expected, dtype=np.float32)), p
