@@ -28,7 +28,7 @@ import torch
 from kamado.engine.cuda_graph import DecodeGraphs
 from kamado.engine.decode_attention import RowGroup, attend_rows, group_rows
 from kamado.engine.kv_cache import CacheFullError, PagedKVCache
-from kamado.engine.sampler import SampledToken, Sampler, SamplingParams, greedy_rows
+from kamado.engine.sampler import SampledToken, Sampler, SamplingParams, pick_rows
 from kamado.engine.stop import StopMatcher
 from kamado.kernels.openmp import release_thread_pool
 from kamado.models.blocks import attention
@@ -279,16 +279,17 @@ class Engine:
             tokens = torch.tensor([s.tokens[-1] for s in seqs])
             positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
             logits = self.model(tokens, positions, self._decode_attend(seqs), torch.arange(len(seqs)))
-        picked = self._pick_greedy_on_device(seqs, logits)
+        picked = self._pick_on_device(seqs, logits)
         for i, s in enumerate(seqs):
             self._computed(s, len(s.tokens))
             self._accept(s, picked[i] if i in picked else s.sampler.sample(logits[i], s.tokens))
 
     @staticmethod
-    def _pick_greedy_on_device(seqs: list[_Sequence], logits: torch.Tensor) -> dict[int, SampledToken]:
-        """Greedy rows' tokens picked where GPU logits are (greedy_rows); other rows, and CPU logits, use their Sampler."""
-        rows = [i for i, s in enumerate(seqs) if s.sampler.is_greedy] if logits.is_cuda else []
-        picks = greedy_rows(logits[rows], [seqs[i].sampler.params.n_probs for i in rows]) if rows else None
+    def _pick_on_device(seqs: list[_Sequence], logits: torch.Tensor) -> dict[int, SampledToken]:
+        """Tokens of greedy and top-k-decided rows picked from their best logits taken where GPU logits are (pick_rows);
+        other rows, and CPU logits, go through their Sampler."""
+        rows = [i for i, s in enumerate(seqs) if s.sampler.is_greedy or s.sampler.top_k_decides] if logits.is_cuda else []
+        picks = pick_rows(logits[rows], [seqs[i].sampler for i in rows]) if rows else None
         return dict(zip(rows, picks, strict=True)) if picks is not None else {}
 
     def _computed(self, seq: _Sequence, n: int) -> None:

@@ -188,6 +188,10 @@ class Sampler:
         cand = _Candidates(work)
         _top_n_sigma(cand, p.top_n_sigma)
         _top_k(cand, p.top_k)
+        return self._after_top_k(cand)
+
+    def _after_top_k(self, cand: _Candidates) -> _Candidates:
+        p = self.params
         _typical(cand, p.typical_p, p.min_keep)
         _top_p(cand, p.top_p, p.min_keep)
         _min_p(cand, p.min_p, p.min_keep)
@@ -208,9 +212,28 @@ class Sampler:
         return p.dry_multiplier != 0.0 and p.dry_base >= 1.0 and p.dry_penalty_last_n != 0
 
     @property
+    def top_k_decides(self) -> bool:
+        """The row's `top_k` best logits decide the token (top_k on, and nothing before it shifts or drops a logit; not
+        greedy): `sample_top` then gives what `sample` would, from those candidates alone."""
+        p = self.params
+        return (p.top_k > 0 and not self.is_greedy and p.top_n_sigma <= 0 and self._bias_ids is None
+                and not self._penalties_on and not self._dry_on)
+
+    def sample_top(self, values: torch.Tensor, ids: torch.Tensor, log_norm: float) -> SampledToken:
+        """`sample` for a sampler whose `top_k_decides`, given the row's best logits (descending, at least
+        max(top_k, n_probs) of them), their ids and the logsumexp of the whole row."""
+        k = min(self.params.top_k, self.vocab_size)
+        cand = self._after_top_k(_Candidates(values[:k].clone(), ids[:k].clone(), sorted=True))
+        token = cand.id_at(_dist(cand.logits, self._rng))
+        position = int((ids[:k] == token).nonzero()[0, 0])
+        n = min(self.params.n_probs, self.vocab_size)
+        top = list(zip(ids[:n].tolist(), (values[:n] - log_norm).tolist(), strict=True))
+        return SampledToken(token, float(values[position] - log_norm), top)
+
+    @property
     def is_greedy(self) -> bool:
         """The chain keeps the raw logits' argmax and nothing else (no bias, penalties, DRY, typical_p or XTC), so
-        `greedy_rows` gives what `sample` would, wherever the logits are."""
+        `pick_rows` gives what `sample` would, wherever the logits are."""
         p = self.params
         return (p.temperature <= 0 and p.typical_p >= 1 and p.xtc_probability <= 0 and self._bias_ids is None
                 and not self._penalties_on and not self._dry_on)
@@ -274,23 +297,28 @@ class Sampler:
         return SampledToken(id=token, logprob=float(raw[token] - log_norm), top=top)
 
 
-def greedy_rows(logits: torch.Tensor, n_probs: list[int]) -> list[SampledToken] | None:
-    """What `Sampler.sample` returns for each row of `logits` (rows, vocab) whose sampler `is_greedy`, computed where
-    the logits are, with one copy to the host for all rows; n_probs: each row's number of top logprobs.
+def pick_rows(logits: torch.Tensor, samplers: list[Sampler]) -> list[SampledToken] | None:
+    """What each sampler's `sample` returns for its row of `logits` (rows, vocab), for samplers that are `is_greedy` or
+    whose `top_k_decides`: the best logits and the logsumexp are taken where the logits are, with one copy to the host.
 
     Why: for a GPU decode step, copying every row's logits to the host and ranking them there took longer than the
     step itself (docs/GPU.md). None when some row's best logit is NaN or -inf: `sample` then names the problem.
     """
-    k = max([1, *n_probs])
+    k = max(max(s.params.n_probs, s.params.top_k if s.top_k_decides else 1, 1) for s in samplers)
     values, ids = torch.topk(logits.float(), min(k, logits.shape[-1]), dim=-1)
-    logprobs = values - torch.logsumexp(logits.float(), dim=-1, keepdim=True)
-    host = torch.cat([ids.double(), logprobs.double()], dim=-1).cpu()  # ids < 2**53: exact as doubles
+    log_norm = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+    host = torch.cat([values, log_norm], dim=-1).cpu(), ids.cpu()  # one transfer of each
     out = []
-    for row, n in zip(host.tolist(), n_probs, strict=True):
-        row_ids, row_logprobs = [int(i) for i in row[: len(row) // 2]], row[len(row) // 2 :]
-        if not math.isfinite(row_logprobs[0]):
+    for row_values, row_ids, sampler in zip(host[0], host[1], samplers, strict=True):
+        row_values, norm = row_values[:-1], float(row_values[-1])
+        if not math.isfinite(float(row_values[0]) - norm):
             return None
-        out.append(SampledToken(row_ids[0], row_logprobs[0], list(zip(row_ids[:n], row_logprobs[:n], strict=True))))
+        if sampler.top_k_decides:
+            out.append(sampler.sample_top(row_values, row_ids, norm))
+            continue
+        n = min(sampler.params.n_probs, sampler.vocab_size)
+        logprobs = (row_values - norm).tolist()
+        out.append(SampledToken(int(row_ids[0]), logprobs[0], list(zip(row_ids[:n].tolist(), logprobs[:n], strict=True))))
     return out
 
 

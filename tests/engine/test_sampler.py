@@ -413,31 +413,37 @@ def test_the_callers_logits_are_left_untouched():
     assert torch.equal(logits, before)
 
 
-def test_greedy_rows_give_what_each_sampler_gives():
-    from kamado.engine.sampler import greedy_rows
+def test_pick_rows_give_what_each_sampler_gives():
+    from kamado.engine.sampler import pick_rows
 
     gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(5, 1000, generator=gen) * 4
-    n_probs = [0, 1, 5, 3, 0]
-    samplers = [Sampler(SamplingParams(temperature=0, n_probs=n), 1000) for n in n_probs]
-    assert all(s.is_greedy for s in samplers)
-    for picked, sampler, row in zip(greedy_rows(logits, n_probs), samplers, logits, strict=True):
-        expected = sampler.sample(row, [])
-        assert picked.id == expected.id and picked.logprob == pytest.approx(expected.logprob, abs=1e-5)
-        assert [i for i, _ in picked.top] == [i for i, _ in expected.top]
-        assert [lp for _, lp in picked.top] == pytest.approx([lp for _, lp in expected.top], abs=1e-5)
+    settings = [dict(temperature=0, n_probs=0), dict(temperature=0, n_probs=5), dict(temperature=0.8, top_k=40, n_probs=3),
+                dict(temperature=1.5, top_k=5, top_p=0.9, min_p=0.02, n_probs=8), dict(temperature=0.7, top_k=1000)]
+    direct = [Sampler(SamplingParams(seed=11, **kw), 1000) for kw in settings]
+    via_rows = [Sampler(SamplingParams(seed=11, **kw), 1000) for kw in settings]
+    assert all(s.is_greedy or s.top_k_decides for s in via_rows)
+    for _ in range(20):  # the samplers' random streams advance alike
+        logits = torch.randn(len(settings), 1000, generator=gen) * 4
+        for picked, sampler, row in zip(pick_rows(logits, via_rows), direct, logits, strict=True):
+            expected = sampler.sample(row, [])
+            assert picked.id == expected.id and picked.logprob == pytest.approx(expected.logprob, abs=1e-5)
+            assert [i for i, _ in picked.top] == [i for i, _ in expected.top]
+            assert [lp for _, lp in picked.top] == pytest.approx([lp for _, lp in expected.top], abs=1e-5)
 
 
-def test_greedy_rows_leave_a_row_without_a_finite_best_to_the_sampler():
-    from kamado.engine.sampler import greedy_rows
+def test_pick_rows_leave_a_row_without_a_finite_best_to_the_sampler():
+    from kamado.engine.sampler import pick_rows
 
     logits = torch.zeros(2, 10)
     logits[1] = -math.inf
-    assert greedy_rows(logits, [0, 0]) is None
+    assert pick_rows(logits, [Sampler(SamplingParams(temperature=0), 10) for _ in range(2)]) is None
 
 
 @pytest.mark.parametrize("params", [dict(temperature=0.8), dict(temperature=0, repeat_penalty=1.1),
                                     dict(temperature=0, logit_bias={1: 2.0}), dict(temperature=0, typical_p=0.9),
                                     dict(temperature=0, dry_multiplier=0.5)])
 def test_a_chain_that_changes_logits_is_not_greedy(params):
-    assert not Sampler(SamplingParams(**params), 10).is_greedy
+    sampler = Sampler(SamplingParams(**params), 10)
+    assert not sampler.is_greedy
+    # llama.cpp's default top_k (40) decides unless something shifts logits before it (bias, penalties, DRY)
+    assert sampler.top_k_decides == (not any(k in params for k in ("repeat_penalty", "logit_bias", "dry_multiplier")))
