@@ -24,12 +24,12 @@ from kamado.gguf.reader import GGUFReader  # noqa: E402
 from kamado.models import load_model  # noqa: E402
 
 
-def run(engine: Engine, n: int, pp: int, tg: int, vocab: int) -> tuple[float, float]:
+def run(engine: Engine, n: int, pp: int, tg: int, vocab: int, temp: float = 0.0) -> tuple[float, float]:
     gen = torch.Generator().manual_seed(n)
     prompts = [torch.randint(259, vocab, (pp,), generator=gen).tolist() for _ in range(n)]
     first_token = [0.0] * n
     start = time.perf_counter()
-    handles = [engine.submit(Request(p, SamplingParams(temperature=0), tg, ignore_eos=True)) for p in prompts]
+    handles = [engine.submit(Request(p, SamplingParams(temperature=temp, seed=i), tg, ignore_eos=True)) for i, p in enumerate(prompts)]
 
     def drain(i):
         for e in handles[i]:
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--pp", type=int, default=128)
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("-ngl", type=int, default=99)
+    ap.add_argument("--temp", type=float, default=0.0, help="0: greedy, as llama-batched-bench; > 0: llama.cpp's default chain (top_k 40)")
     args = ap.parse_args()
     model = load_model(GGUFReader(args.model), n_gpu_layers=args.ngl)
     npl = [int(v) for v in args.npl.split(",")]
@@ -60,7 +61,7 @@ def main() -> None:
     print("| PP | TG | B | T s | gen-only s | S_TG t/s (after last prompt) | S t/s (all tokens) |")
     print("|---|---|---|---|---|---|---|")
     for n in npl:
-        total, gen_only = run(engine, n, args.pp, args.tg, model.cfg.n_vocab)
+        total, gen_only = run(engine, n, args.pp, args.tg, model.cfg.n_vocab, args.temp)
         print(f"| {args.pp} | {args.tg} | {n} | {total:.2f} | {gen_only:.2f} | {n * (args.tg - 1) / gen_only:.1f} | "
               f"{n * (args.pp + args.tg) / total:.1f} |", flush=True)
     engine.close()
