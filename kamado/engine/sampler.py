@@ -182,7 +182,7 @@ class Sampler:
         if isinstance(history, torch.Tensor):
             history = history.tolist()
         work = self._penalised(raw, history)
-        if p.temperature <= 0 and p.typical_p >= 1 and p.xtc_probability <= 0:
+        if self._argmax_only:
             # Every other stage keeps the best candidate, and greedy keeps only it: skip them.
             return _only(work, _argmax_checked(work))
         cand = _Candidates(work)
@@ -212,12 +212,21 @@ class Sampler:
         return p.dry_multiplier != 0.0 and p.dry_base >= 1.0 and p.dry_penalty_last_n != 0
 
     @property
+    def _argmax_only(self) -> bool:
+        """Greedy with no stage that could drop the best candidate: the chain's result is the argmax of its input."""
+        p = self.params
+        return p.temperature <= 0 and p.typical_p >= 1 and p.xtc_probability <= 0
+
+    @property
+    def _raw_logits_kept(self) -> bool:
+        """No logit_bias, penalties or DRY: the chain starts from the raw logits."""
+        return self._bias_ids is None and not self._penalties_on and not self._dry_on
+
+    @property
     def top_k_decides(self) -> bool:
         """The row's `top_k` best logits decide the token (top_k on, and nothing before it shifts or drops a logit; not
         greedy): `sample_top` then gives what `sample` would, from those candidates alone."""
-        p = self.params
-        return (p.top_k > 0 and not self.is_greedy and p.top_n_sigma <= 0 and self._bias_ids is None
-                and not self._penalties_on and not self._dry_on)
+        return self.params.top_k > 0 and not self.is_greedy and self.params.top_n_sigma <= 0 and self._raw_logits_kept
 
     def sample_top(self, values: torch.Tensor, ids: torch.Tensor, log_norm: float) -> SampledToken:
         """`sample` for a sampler whose `top_k_decides`, given the row's best logits (descending, at least
@@ -234,9 +243,7 @@ class Sampler:
     def is_greedy(self) -> bool:
         """The chain keeps the raw logits' argmax and nothing else (no bias, penalties, DRY, typical_p or XTC), so
         `pick_rows` gives what `sample` would, wherever the logits are."""
-        p = self.params
-        return (p.temperature <= 0 and p.typical_p >= 1 and p.xtc_probability <= 0 and self._bias_ids is None
-                and not self._penalties_on and not self._dry_on)
+        return self._argmax_only and self._raw_logits_kept
 
     def _penalised(self, raw: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
         """logit_bias, repetition penalties and DRY: the stages that shift single logits of the whole vocab.

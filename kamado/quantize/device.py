@@ -63,11 +63,10 @@ class DeviceCopies:
         The copy is ordered before later work on the calling thread's current stream.
         """
         flat = rows.reshape(-1)
+        out = torch.empty(flat.size, dtype=torch.uint8, device=self.device)
         if self.device.type != "cuda":
-            out = torch.empty(flat.size, dtype=torch.uint8, device=self.device)
             self._read(flat, out.numpy())
             return out.view(rows.shape)
-        out = torch.empty(flat.size, dtype=torch.uint8, device=self.device)
         for k, a in enumerate(range(0, flat.size, CHUNK_BYTES)):
             b = min(a + CHUNK_BYTES, flat.size)
             slot = self._up[k % _SLOTS]
