@@ -1,7 +1,8 @@
 #!/bin/bash
 # One device call: GPU engine tests, synthetic 8B models, kamado bench and batched decode (docs/GPU.md, "The engine on the GPU").
 # Run from the repo root on the GPU machine with .whl carried: bash benchmarks/gpu_engine_run.sh
-# Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE=1 adds a short eager tg run (KAMADO_CUDA_GRAPHS=0).
+# Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE=1 adds a short eager tg run (KAMADO_CUDA_GRAPHS=0),
+# PROFILE=1 a torch.profiler table of graphed decode steps and a 512-token prefill (benchmarks/profile_gpu_decode.py).
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -9,7 +10,7 @@ export PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT; M=/tmp/synth; mkdir -p $M
 KAMADO=(python3 -c 'import sys; from kamado.cli.main import main; sys.exit(main())')  # the device has no `kamado` command
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee $OUT/gpu.txt
-timeout ${TEST_LIMIT:-150} python3 -m pytest tests/engine/test_gpu.py -q -rs -x 2>&1 | tee $OUT/tests.txt
+timeout ${TEST_LIMIT:-150} python3 -m pytest tests/kernels tests/engine/test_gpu.py -q -rs -x 2>&1 | tee $OUT/tests.txt
 for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
   s=$SECONDS
   timeout 120 python3 -m kamado.synthetic --shape llama3-8b --type $T -o $M/llama3-8b-$T.gguf --device cuda
@@ -21,6 +22,9 @@ for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
   fi
   if [ -n "${BASELINE:-}" ]; then
     KAMADO_CUDA_GRAPHS=0 timeout 40 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 0 -n 32 -r 1 2>&1 | tee -a $OUT/baseline.md
+  fi
+  if [ -n "${PROFILE:-}" ]; then
+    timeout 120 python3 benchmarks/profile_gpu_decode.py -m $M/llama3-8b-$T.gguf --steps 8 --prefill 512 2>&1 | tee -a $OUT/profile.txt
   fi
   rm -f $M/llama3-8b-$T.gguf
 done

@@ -123,6 +123,11 @@ class DecodeGraphs:
 
         def attend(spec, q, k, v):
             kc, vc = cache.k[spec.index], cache.v[spec.index]
+            if q.is_cuda:  # the same contract in two kernels (store, attention) instead of ~16
+                from kamado.kernels.triton import attention, ops
+
+                ops.store_kv(k, v, kc, vc, shape.write_slots)
+                return attention.decode_attention(q, kc, vc, shape.slot_table, shape.positions, spec.scale, spec.window, spec.softcap)
             kc.index_copy_(0, shape.write_slots, k.to(kc.dtype))
             vc.index_copy_(0, shape.write_slots, v.to(vc.dtype))
             return paged_attention(q, kc, vc, shape.slot_table, shape.positions, spec.scale, spec.window, spec.softcap)

@@ -16,10 +16,24 @@ import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    if x.is_cuda and x.dim() == 2:
+        from kamado.kernels.triton import ops
+
+        return ops.rms_norm(x, weight, eps)
     # ggml: squares in float32 summed in double, mean and 1/sqrtf(mean + eps) in float32, then x * scale.
     mean = (x.pow(2).double().sum(-1, keepdim=True) / x.shape[-1]).float()
     y = x * (1.0 / torch.sqrt(mean + eps))
     return y if weight is None else y * weight
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, rms_norm(s) * weight) with s = x + residual (x itself when residual is None): one pass on the GPU."""
+    if x.is_cuda and residual is not None:
+        from kamado.kernels.triton import ops
+
+        return ops.rms_norm(x, weight, eps, residual)
+    s = x if residual is None else x + residual
+    return s, rms_norm(s, weight, eps)
 
 
 _GELU_TABLE: torch.Tensor | None = None

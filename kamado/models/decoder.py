@@ -16,7 +16,7 @@ import torch
 
 from kamado.kernels import QuantTensor, embedding_rows, make_fused_linear, make_linear
 from kamado.models import exact
-from kamado.models.blocks import ACTIVATIONS, Rope, RopeSpec, attention, rms_norm, top_k_routing
+from kamado.models.blocks import ACTIVATIONS, Rope, RopeSpec, add_rms_norm, attention, rms_norm, top_k_routing
 from kamado.models.config import ModelConfig, ModelError
 
 # The kernel backend whose models also compute activations and attention in plain float32 (kamado/models/exact.py).
@@ -108,6 +108,7 @@ class Layer:
         self.post_attn_norm = t.vector(p + "post_attention_norm.weight", required=arch.post_norms)
         self.ffn_norm = t.vector(p + "ffn_norm.weight")
         self.post_ffn_norm = t.vector(p + "post_ffw_norm.weight", required=arch.post_norms)
+        self.activation = arch.activation
         self.act = (exact.ACTIVATIONS if backend in EXACT_ACTIVATION_BACKENDS else ACTIVATIONS)[arch.activation]
         if cfg.n_expert:
             self.router = make_linear(t.get(p + "ffn_gate_inp.weight"), backend)
@@ -135,6 +136,10 @@ class Layer:
             g, u = self.up(x).chunk(2, dim=-1)
         else:
             g, u = self.gate(x), self.up(x)
+        if g.is_cuda:  # one fused kernel, exact float32 like exact.ACTIVATIONS
+            from kamado.kernels.triton import ops
+
+            return self.down(ops.gated(g, u, self.activation))
         return self.down(self.act(g) * u)
 
     def moe(self, x: torch.Tensor, n_used: int) -> torch.Tensor:
@@ -225,33 +230,38 @@ class DecoderModel(torch.nn.Module):
         x = self.embed(tokens) if x is None else x
         n = x.shape[0]
         trig = {} if trig is None else trig
-        tables = {}  # rope.tables of each trig entry, built once per step
+        tables = {}  # rope.tables of each trig entry, built once per step (CPU layers)
+        pending = None  # the last layer's FFN output: added to x together with the next norm (one kernel on the GPU)
         for layer, spec, rope in zip(self.layers, self.attn, self.ropes, strict=True):
             x = x.to(layer.device)  # crosses devices once per CPU/GPU boundary (a no-op otherwise)
+            pending = None if pending is None else pending.to(layer.device)
             key = (id(rope), layer.device)
             if key not in trig:  # rope tables are computed on the CPU (float32 as ggml), then moved once per step
                 trig[key] = tuple(c.to(layer.device) for c in rope.cos_sin(positions))
-            if key not in tables:
-                tables[key] = rope.tables(*trig[key], cfg.head_dim)
-            h = rms_norm(x, layer.attn_norm, cfg.eps)
+            x, h = add_rms_norm(x, pending, layer.attn_norm, cfg.eps)
             qkv = layer.qkv_out(h)
             n_qk = (cfg.n_head + cfg.n_head_kv) * cfg.head_dim
             qk = qkv[:, :n_qk].reshape(n, cfg.n_head + cfg.n_head_kv, cfg.head_dim)
             v = qkv[:, n_qk:].reshape(n, cfg.n_head_kv, cfg.head_dim_v)
-            if layer.qk_norm is not None:
-                qk = rms_norm(qk, layer.qk_norm, cfg.eps)
-            qk = rope.rotate(qk, *tables[key])
+            if qk.is_cuda:  # q/k norm and rotation in one kernel
+                from kamado.kernels.triton import ops
+
+                qk = ops.rope(qk, *trig[key], rope.spec.neox, layer.qk_norm, cfg.eps)
+            else:
+                if layer.qk_norm is not None:
+                    qk = rms_norm(qk, layer.qk_norm, cfg.eps)
+                if key not in tables:
+                    tables[key] = rope.tables(*trig[key], cfg.head_dim)
+                qk = rope.rotate(qk, *tables[key])
             q, k = qk[:, : cfg.n_head], qk[:, cfg.n_head :]
             a = layer.o(attend(spec, q, k, v))
             if layer.post_attn_norm is not None:
                 a = rms_norm(a, layer.post_attn_norm, cfg.eps)
-            x = x + a
-            h = rms_norm(x, layer.ffn_norm, cfg.eps)
-            f = layer.moe(h, cfg.n_expert_used) if cfg.n_expert else layer.mlp(h)
+            x, h = add_rms_norm(x, a, layer.ffn_norm, cfg.eps)
+            pending = layer.moe(h, cfg.n_expert_used) if cfg.n_expert else layer.mlp(h)
             if layer.post_ffn_norm is not None:
-                f = rms_norm(f, layer.post_ffn_norm, cfg.eps)
-            x = x + f
-        return rms_norm(x.to(self.output_device), self.output_norm, cfg.eps)
+                pending = rms_norm(pending, layer.post_ffn_norm, cfg.eps)
+        return add_rms_norm(x.to(self.output_device), pending.to(self.output_device), self.output_norm, cfg.eps)[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         out = self.output(hidden)

@@ -1,0 +1,117 @@
+"""The fused GPU ops (kamado/kernels/triton/ops.py, attention.py) against their torch twins, on fresh random inputs.
+
+They run on a CUDA device; without one they skip, except under Triton's CPU interpreter (TRITON_INTERPRET=1 with
+Triton installed, see docs/GPU.md), which runs them on CPU tensors.
+"""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from kamado.kernels.triton import available
+from kamado.models import exact
+from kamado.models.blocks import Rope, RopeSpec
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
+DEVICE = "cuda" if available() else "cpu"
+pytestmark = pytest.mark.skipif(not (available() or INTERPRETED), reason="needs a CUDA device and Triton (or TRITON_INTERPRET=1)")
+
+
+def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.double().cpu() - ref.double().cpu()).norm() / ref.double().cpu().norm()).item()
+
+
+def _norm_ref(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    x = x.double()
+    y = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return y if w is None else y * w.double()
+
+
+@pytest.mark.parametrize("width", [640, 4096, 1000])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm(width, with_residual):
+    from kamado.kernels.triton import ops
+
+    gen = torch.Generator().manual_seed(width)
+    base = torch.randn(5, width + 8, generator=gen)
+    x = base[:, :width].to(DEVICE)  # strided rows
+    res = torch.randn(5, width, generator=gen).to(DEVICE)
+    w = torch.randn(width, generator=gen).to(DEVICE)
+    if with_residual:
+        total, y = ops.rms_norm(x, w, 1e-6, res)
+        assert torch.equal(total.cpu(), (x + res).cpu())
+        assert _rel_err(y, _norm_ref((x + res).cpu(), w.cpu(), 1e-6)) < 1e-6
+    else:
+        assert _rel_err(ops.rms_norm(x, w, 1e-6), _norm_ref(x.cpu(), w.cpu(), 1e-6)) < 1e-6
+        assert _rel_err(ops.rms_norm(x, None, 1e-6), _norm_ref(x.cpu(), None, 1e-6)) < 1e-6
+
+
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("n_dims, head_dim", [(128, 128), (32, 80)])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_rope_matches_the_cpu_rotation(neox, n_dims, head_dim, qk_norm):
+    from kamado.kernels.triton import ops
+
+    gen = torch.Generator().manual_seed(n_dims + neox)
+    heads, rows = 6, 7
+    qkv = torch.randn(rows, heads * head_dim + 40, generator=gen)  # q|k heads are a strided slice of a wider row
+    x = qkv[:, : heads * head_dim].reshape(rows, heads, head_dim)
+    rope = Rope(RopeSpec(n_dims, 10000.0, neox))
+    cos, sin = rope.cos_sin(torch.tensor([0, 3, 9, 100, 511, 2, 7]))
+    weight = torch.randn(heads, head_dim, generator=gen) if qk_norm else None
+    ref = x if weight is None else _norm_ref(x, weight, 1e-6).float()
+    ref = rope.rotate(ref, *rope.tables(cos, sin, head_dim))
+    y = ops.rope(x.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), neox, None if weight is None else weight.to(DEVICE), 1e-6)
+    assert y.shape == (rows, heads, head_dim) and y.is_contiguous()
+    assert _rel_err(y, ref) < 1e-6
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_gated_activation(activation):
+    from kamado.kernels.triton import ops
+
+    gen = torch.Generator().manual_seed(1)
+    gu = torch.randn(3, 2 * 1500, generator=gen) * 4
+    gu[0, :8] = torch.tensor([-30.0, -12.0, -1e-4, 0.0, 1e-4, 12.0, 30.0, 80.0])
+    g, u = gu.to(DEVICE).chunk(2, dim=-1)
+    ref = exact.ACTIVATIONS[activation](g.cpu().double()) * u.cpu().double()
+    assert _rel_err(ops.gated(g, u, activation), ref) < 1e-6
+
+
+def test_store_kv_writes_the_slots():
+    from kamado.kernels.triton import ops
+
+    gen = torch.Generator().manual_seed(2)
+    qk = torch.randn(3, 6, 64, generator=gen)  # k: the last 2 heads of a q|k row
+    v = torch.randn(3, 2 * 48 + 16, generator=gen)[:, : 2 * 48].reshape(3, 2, 48)
+    k = qk[:, 4:]
+    kc, vc = torch.full((10, 2, 64), 7.0, dtype=torch.float16), torch.full((10, 2, 48), 7.0, dtype=torch.float16)
+    slots = torch.tensor([9, 0, 4])
+    kc_dev, vc_dev = kc.to(DEVICE), vc.to(DEVICE)
+    ops.store_kv(k.to(DEVICE), v.to(DEVICE), kc_dev, vc_dev, slots.to(DEVICE))
+    kc.index_copy_(0, slots, k.half())
+    vc.index_copy_(0, slots, v.half())
+    assert torch.equal(kc_dev.cpu(), kc) and torch.equal(vc_dev.cpu(), vc)
+
+
+@pytest.mark.parametrize("rows, n_keys", [(1, 64), (1, 1024), (3, 256), (64, 128)])
+@pytest.mark.parametrize("window, softcap", [(0, 0.0), (40, 0.0), (0, 50.0)])
+def test_decode_attention_matches_paged_attention(rows, n_keys, window, softcap):
+    from kamado.engine.cuda_graph import paged_attention
+    from kamado.kernels.triton.attention import decode_attention
+
+    gen = torch.Generator().manual_seed(rows * n_keys + window)
+    n_head, n_kv, head_dim = 8, 2, 64
+    n_slots = rows * n_keys + 5
+    kc = torch.randn(n_slots, n_kv, head_dim, generator=gen).half()
+    vc = torch.randn(n_slots, n_kv, head_dim, generator=gen).half()
+    table = torch.stack([torch.randperm(n_slots, generator=gen)[:n_keys] for _ in range(rows)])
+    positions = torch.randint(0, n_keys, (rows,), generator=gen)
+    positions[0] = n_keys - 1
+    q = torch.randn(rows, n_head + n_kv, head_dim, generator=gen)[:, :n_head] * 3  # strided rows, as the rope output's slice
+    ref = paged_attention(q, kc, vc, table, positions, 0.125, window, softcap)
+    out = decode_attention(*(t.to(DEVICE) for t in (q, kc, vc, table, positions)), 0.125, window, softcap)
+    assert out.shape == (rows, n_head * head_dim)
+    assert _rel_err(out, ref) < 1e-5
