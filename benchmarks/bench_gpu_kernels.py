@@ -18,6 +18,7 @@ import triton.testing
 
 from kamado.gguf.constants import GGMLQuantizationType as Q
 from kamado.kernels.linear import QuantTensor
+from kamado.kernels.triton import int8_gemv
 from kamado.kernels.triton import linear as tl_linear
 from kamado.kernels.triton.layout import random_blocks
 from kamado.kernels.triton.linear import TritonLinear
@@ -26,6 +27,8 @@ SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 409
 DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16", "BF16"]
 ROTATE_BYTES = 256 << 20
 SWEEP_GEMV = [(4, 256, 4), (8, 256, 4), (16, 256, 4), (8, 512, 4), (16, 512, 8), (32, 256, 8), (2, 512, 4)]
+# The int8 GEMV's configs (int8_gemv.CONFIG: BLOCK_N, BLOCK_K, num_warps), swept for the types it serves.
+SWEEP_INT8 = [(4, 512, 4), (8, 512, 4), (16, 512, 4), (8, 1024, 4), (16, 256, 4), (32, 256, 8), (2, 1024, 2)]
 
 
 def make_weight(qtype: Q, rows: int, cols: int, seed: int) -> TritonLinear:
@@ -101,22 +104,24 @@ def main() -> None:
     emit(f"measured ceilings: copy {copy_gbs:.0f} GB/s (read+write), bf16 matmul {bf16_tflops:.0f} TFLOP/s")
     emit()
     if args.sweep:
-        emit("GEMV config sweep (batch 1), µs and % of copy roofline; config = (BLOCK_N, BLOCK_K, num_warps)")
-        emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_GEMV) + " |")
-        emit("|---|---|" + "---|" * len(SWEEP_GEMV))
-        default = tl_linear.GEMV_CONFIG
-        for qtype in types:
-            if qtype in (Q.F16, Q.BF16):
+        for owner, name, configs in ((tl_linear, "GEMV_CONFIG", SWEEP_GEMV), (int8_gemv, "CONFIG", SWEEP_INT8)):
+            sweep_types = [q for q in types if q not in (Q.F16, Q.BF16) and (owner is tl_linear) != int8_gemv.supports(q, 4096)]
+            if not sweep_types:
                 continue
-            for rows, cols in ((14336, 4096), (4096, 14336)):
-                cells = []
-                for config in SWEEP_GEMV:
-                    tl_linear.GEMV_CONFIG = config
-                    ms, nbytes = decode_ms(qtype, rows, cols, 1)
-                    cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
-                emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
-        tl_linear.GEMV_CONFIG = default
-        emit()
+            emit(f"{owner.__name__}.{name} sweep (batch 1), µs and % of copy roofline; config = (BLOCK_N, BLOCK_K, num_warps)")
+            emit("| type | shape | " + " | ".join(str(c) for c in configs) + " |")
+            emit("|---|---|" + "---|" * len(configs))
+            default = getattr(owner, name)
+            for qtype in sweep_types:
+                for rows, cols in ((14336, 4096), (4096, 14336), (4096, 4096)):
+                    cells = []
+                    for config in configs:
+                        setattr(owner, name, config)
+                        ms, nbytes = decode_ms(qtype, rows, cols, 1)
+                        cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
+                    emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
+            setattr(owner, name, default)
+            emit()
     emit(f"decode: µs per matmul, GB/s of weight read, % of the {copy_gbs:.0f} GB/s roofline; "
          f"prefill at batch {args.prefill_batch}: TFLOP/s (fused Triton GEMM / dequantize + cuBLAS)")  # fmt: skip
     emit("| type | out x in | MB | b=1 µs | b=1 GB/s | b=1 roof | b=4 µs | b=16 µs | b=16 GB/s | pp fused TFLOP/s | pp deq+cuBLAS |")

@@ -37,22 +37,6 @@ def _k4_scale_min(base, sub):
 
 
 @triton.jit
-def _nibble_words(words_ptr, stride, rows, g0, G: tl.constexpr, WPC: tl.constexpr, ZERO: tl.constexpr):
-    """Nibbles of a word-interleaved plane (layout.interleave_nibbles) minus ZERO as exact floats [R, G, 32], in value order.
-
-    A chunk of 8 * WPC values is WPC int32 words; value v sits in word v % WPC at bits 4 * (v // WPC), so one
-    16-byte load gives 32 weights and consecutive values of a group come from consecutive words."""
-    CH: tl.constexpr = G * 32 // (8 * WPC)
-    r4 = rows.to(tl.int64)[:, None, None, None]
-    c4 = (g0 * 32 // (8 * WPC) + tl.arange(0, CH))[None, :, None, None]
-    w4 = tl.arange(0, WPC)[None, None, None, :]
-    words = tl.load(words_ptr + r4 * stride + c4 * WPC + w4)  # [R, CH, 1, WPC]
-    slot = tl.arange(0, 8)[None, None, :, None]
-    nib = _exact_float((words >> (slot * 4)) & 0xF, ZERO)  # [R, CH, 8, WPC]
-    return tl.reshape(nib, [rows.shape[0], G, 32])
-
-
-@triton.jit
 def _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, g0, G: tl.constexpr, QTYPE: tl.constexpr, GS: tl.constexpr):
     """(q [R, G, GS], scale [R, G], offset [R, G]) for row indices `rows` [R] and the G groups from group g0 on."""
     groups = g0 + tl.arange(0, G)
@@ -65,17 +49,14 @@ def _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, g0, G: tl.constexpr, Q
         q = _exact_float(tl.load(p0 + r3 * s0 + g3 * 32 + j).to(tl.int32) + 128, 128)
         scale = tl.load(p1 + r2 * s1 + g2).to(tl.float32)
         offset = tl.zeros_like(scale)
-    elif QTYPE == Q4_0 or QTYPE == Q4_1:
-        q = _nibble_words(p0, s0, rows, g0, G, 4, 8 if QTYPE == Q4_0 else 0)
-        scale = tl.load(p1 + r2 * s1 + g2).to(tl.float32)
-        if QTYPE == Q4_0:
-            offset = tl.zeros_like(scale)
-        else:
-            offset = tl.load(p2 + r2 * s2 + g2).to(tl.float32)
-    elif QTYPE == Q5_0 or QTYPE == Q5_1 or QTYPE == IQ4_NL:
+    elif QTYPE == Q4_0 or QTYPE == Q4_1 or QTYPE == Q5_0 or QTYPE == Q5_1 or QTYPE == IQ4_NL:
         # byte i of a 32-value block holds values i (low nibble) and i + 16 (high nibble)
         nib = (tl.load(p0 + r3 * s0 + g3 * 16 + j % 16).to(tl.int32) >> ((j // 16) * 4)) & 0xF
-        if QTYPE == IQ4_NL:
+        if QTYPE == Q4_0 or QTYPE == Q4_1:
+            q = _exact_float(nib, 8 if QTYPE == Q4_0 else 0)
+            scale = tl.load(p1 + r2 * s1 + g2).to(tl.float32)
+            offset = tl.zeros_like(scale) if QTYPE == Q4_0 else tl.load(p2 + r2 * s2 + g2).to(tl.float32)
+        elif QTYPE == IQ4_NL:
             q = tl.load(table + nib)
             scale = tl.load(p1 + r2 * s1 + g2).to(tl.float32)
             offset = tl.zeros_like(scale)
@@ -90,16 +71,15 @@ def _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, g0, G: tl.constexpr, Q
                 q = _exact_float(q5, 0)
                 offset = tl.load(p3 + r2 * s3 + g2).to(tl.float32)
     elif QTYPE == Q4_K or QTYPE == Q5_K:
+        # 8 sub-blocks of 32 per 256-block; 32 bytes of qs hold sub-blocks 2c (low nibbles) and 2c+1 (high)
+        sub3 = g3 % 8
+        nib = (tl.load(p0 + r3 * s0 + (g3 // 8) * 128 + (sub3 // 2) * 32 + j).to(tl.int32) >> ((sub3 % 2) * 4)) & 0xF
         if QTYPE == Q4_K:
-            q = _nibble_words(p0, s0, rows, g0, G, 8, 0)
             dm, sc_plane, s_dm, s_sc = p1, p2, s1, s2
         else:
-            # 8 sub-blocks of 32 per 256-block; 32 bytes of qs hold sub-blocks 2c (low nibbles) and 2c+1 (high)
-            sub3 = g3 % 8
-            nib = (tl.load(p0 + r3 * s0 + (g3 // 8) * 128 + (sub3 // 2) * 32 + j).to(tl.int32) >> ((sub3 % 2) * 4)) & 0xF
             nib = nib | (((tl.load(p1 + r3 * s1 + (g3 // 8) * 32 + j).to(tl.int32) >> sub3) & 1) << 4)
-            q = _exact_float(nib, 0)
             dm, sc_plane, s_dm, s_sc = p2, p3, s2, s3
+        q = _exact_float(nib, 0)
         blk = g2 // 8
         sc, mn = _k4_scale_min(sc_plane + r2 * s_sc + blk * 12, g2 % 8)
         d = tl.load(dm + r2 * s_dm + blk * 2).to(tl.float32)

@@ -3,9 +3,10 @@
 A GGUF row is a run of fixed-size blocks (Q4_0: 18 bytes, Q6_K: 210 ...). Most block sizes are not
 multiples of 4 or 16 bytes, so a kernel reading the file layout cannot use aligned vector loads. At load
 time every field of the block (quant bits, high bits, scales, the fp16 super-scale) is copied into its
-own contiguous (rows, blocks_per_row * field_bytes) tensor. The planes hold exactly the file's bits,
-no more (4-bit quants reorder their nibbles inside each chunk, see interleave_nibbles): a memory-bound decode
-kernel reads as many bytes as llama.cpp does, only aligned.
+own contiguous (rows, blocks_per_row * field_bytes) tensor. The planes hold exactly the file's bytes in the
+file's order, no more: a memory-bound decode kernel reads as many bytes as llama.cpp does, only aligned. The file's
+order is also what the integer dot-product GEMV wants: 4 consecutive bytes of a 4-bit quant field hold 4 consecutive
+values in their low nibbles (int8_gemv.py).
 The plane order below is the order the Triton kernels take them in (kamado/kernels/triton/kernels.py).
 """
 
@@ -23,22 +24,18 @@ U8, I8, F16, I16, I32 = torch.uint8, torch.int8, torch.float16, torch.int16, tor
 # qtype -> fields as (byte offset in the block, byte length, dtype of the plane), in kernel argument order.
 PLANES: dict[Q, tuple[tuple[int, int, torch.dtype], ...]] = {
     Q.Q8_0: ((2, 32, I8), (0, 2, F16)),  # qs, d
-    Q.Q4_0: ((2, 16, I32), (0, 2, F16)),  # qs (nibble words), d
-    Q.Q4_1: ((4, 16, I32), (0, 2, F16), (2, 2, F16)),  # qs (nibble words), d, m
+    Q.Q4_0: ((2, 16, U8), (0, 2, F16)),  # qs, d
+    Q.Q4_1: ((4, 16, U8), (0, 2, F16), (2, 2, F16)),  # qs, d, m
     Q.Q5_0: ((6, 16, U8), (2, 4, I32), (0, 2, F16)),  # qs, qh, d
     Q.Q5_1: ((8, 16, U8), (4, 4, I32), (0, 2, F16), (2, 2, F16)),  # qs, qh, d, m
     Q.IQ4_NL: ((2, 16, U8), (0, 2, F16)),  # qs, d
     Q.Q2_K: ((16, 64, U8), (0, 16, U8), (80, 4, F16)),  # qs, scales, (d, dmin)
     Q.Q3_K: ((32, 64, U8), (0, 32, U8), (96, 12, U8), (108, 2, F16)),  # qs, hmask, scales, d
-    Q.Q4_K: ((16, 128, I32), (0, 4, F16), (4, 12, U8)),  # qs (nibble words), (d, dmin), scales
+    Q.Q4_K: ((16, 128, U8), (0, 4, F16), (4, 12, U8)),  # qs, (d, dmin), scales
     Q.Q5_K: ((48, 128, U8), (16, 32, U8), (0, 4, F16), (4, 12, U8)),  # qs, qh, (d, dmin), scales
     Q.Q6_K: ((0, 128, U8), (128, 64, U8), (192, 16, I8), (208, 2, F16)),  # ql, qh, scales, d
     Q.IQ4_XS: ((8, 128, U8), (4, 4, U8), (2, 2, I16), (0, 2, F16)),  # qs, scales_l, scales_h, d
 }
-
-# Types whose qs plane is stored as nibble words (interleave_nibbles), with the words per chunk of 8 * WPC values:
-# a chunk is the span whose bytes hold values i (low nibble) and i + half (high nibble) in the file.
-NIBBLE_WORDS = {Q.Q4_0: 4, Q.Q4_1: 4, Q.Q4_K: 8}
 
 # Values per scale group as the kernels walk them (Q2_K, Q3_K and Q6_K scale every 16 values).
 GROUP_SIZE = {q: 16 if q in (Q.Q2_K, Q.Q3_K, Q.Q6_K) else 32 for q in PLANES}
@@ -71,39 +68,13 @@ def split_planes(raw: torch.Tensor, qtype: Q, cols: int) -> PlanedWeight:
         raise ValueError(f"{qtype.name}: {cols} columns need {cols // block * type_size} bytes per row, got {row_bytes}")
     blocks = raw.reshape(rows, cols // block, type_size)
     planes = [blocks[:, :, at : at + size].reshape(rows, -1).contiguous().view(dtype) for at, size, dtype in PLANES[qtype]]
-    if qtype in NIBBLE_WORDS:
-        planes[0] = interleave_nibbles(planes[0].view(U8), NIBBLE_WORDS[qtype])
     return PlanedWeight(qtype, rows, cols, tuple(planes))
-
-
-def interleave_nibbles(qs: torch.Tensor, wpc: int) -> torch.Tensor:
-    """File-order nibble bytes (rows, n) -> int32 words (rows, n // 4) in which value v of each 8 * wpc-value chunk
-    sits in word v % wpc at bits 4 * (v // wpc). Why: a kernel then reads 8 weights per 4-byte word with one shift
-    and mask each, and the 32 values of a scale group come from consecutive words (wide loads, values in order).
-    In the file, byte i of a 4 * wpc-byte chunk holds value i (low nibble) and value i + 4 * wpc (high nibble)."""
-    rows = qs.shape[0]
-    chunks = qs.reshape(rows, -1, 4 * wpc).to(torch.int64)
-    values = torch.cat([chunks & 0xF, chunks >> 4], dim=2).reshape(rows, -1, 8, wpc)
-    shifts = torch.arange(0, 32, 4, device=qs.device, dtype=torch.int64).reshape(1, 1, 8, 1)
-    words = (values << shifts).sum(dim=2)
-    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(I32).reshape(rows, -1)
-
-
-def _deinterleave_nibbles(words: torch.Tensor, wpc: int) -> torch.Tensor:
-    rows = words.shape[0]
-    w = words.reshape(rows, -1, 1, wpc).to(torch.int64) & 0xFFFFFFFF
-    shifts = torch.arange(0, 32, 4, device=words.device, dtype=torch.int64).reshape(1, 1, 8, 1)
-    values = ((w >> shifts) & 0xF).reshape(rows, -1, 2, 4 * wpc)
-    return (values[:, :, 0] | (values[:, :, 1] << 4)).to(U8).reshape(rows, -1)
 
 
 def join_planes(weight: PlanedWeight) -> torch.Tensor:
     """The file's uint8 (rows, row_bytes) bytes back from the planes (the inverse of split_planes)."""
     nb = weight.cols // GGML_BLOCK_SIZES[weight.qtype][0]
-    planes = list(weight.planes)
-    if weight.qtype in NIBBLE_WORDS:
-        planes[0] = _deinterleave_nibbles(planes[0], NIBBLE_WORDS[weight.qtype])
-    fields = sorted(zip(PLANES[weight.qtype], planes), key=lambda f: f[0][0])
+    fields = sorted(zip(PLANES[weight.qtype], weight.planes), key=lambda f: f[0][0])
     parts = [plane.view(U8).reshape(weight.rows, nb, size) for (_, size, _), plane in fields]
     return torch.cat(parts, dim=2).reshape(weight.rows, -1)
 

@@ -1,7 +1,9 @@
 """TritonLinear: y = x @ W.T on a CUDA device with W kept in its GGUF block format (as planes, see layout.py).
 
 Paths, chosen per call by the number of activation rows M (thresholds measured on an H100, docs/GPU.md):
-  M == 1            fused dequantize-GEMV (float32 activations, one pass over the weight bytes)
+  M <= 8            integer dot-product GEMV (int8_gemv.py: activations quantized to int8 per 32, as llama.cpp's
+                    CUDA MMVQ) for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with a multiple of 256 columns
+  M == 1            otherwise: fused dequantize-GEMV (float32 activations, one pass over the weight bytes)
   2 <= M <= GEMM_MAX_M   fused dequantize-GEMM on tensor cores (fp16 activations, fp32 accumulation)
   M > GEMM_MAX_M    dequantize the whole weight to fp16 once per call, then the library matmul (cuBLAS)
 F16/BF16/F32 weights use the library matmul in their own dtype at every M.
@@ -9,15 +11,19 @@ F16/BF16/F32 weights use the library matmul in their own dtype at every M.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 
 from kamado.kernels.linear import FLOAT_TYPES, KernelError, QuantTensor
-from kamado.kernels.triton import kernels
+from kamado.kernels.triton import int8_gemv, kernels
 from kamado.kernels.triton.layout import GROUP_SIZE, PLANES, split_planes
 from kamado.quants.iq4 import KVALUES
 
 GEMM_MAX_M = 64
+# KAMADO_INT8_GEMV=0 keeps float32 activations at M == 1 (to tell the int8 rounding apart from other differences).
+INT8_GEMV = os.environ.get("KAMADO_INT8_GEMV", "1") != "0"
 # (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
 GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
 GEMM_CONFIG_SMALL = (16, 64, 128, 4, 3)  # M <= 16: decode batches
@@ -67,6 +73,7 @@ class TritonLinear:
         if self.in_features % self.group:
             raise KernelError(f"tensor {tensor.name}: {self.in_features} columns are not a multiple of {self.group}")
         self.table = torch.tensor(KVALUES, dtype=torch.float32, device=self.device)
+        self.int8_max_m = int8_gemv.MAX_M if INT8_GEMV and int8_gemv.supports(self.qtype, self.in_features) else 0
 
     @property
     def nbytes(self) -> int:
@@ -85,6 +92,8 @@ class TritonLinear:
         m = x.shape[0]
         if m == 0:
             return x.new_zeros((0, self.out_features), dtype=torch.float32)
+        if m <= self.int8_max_m:
+            return int8_gemv.gemv(x, self.weight.planes, self.qtype, self.out_features)
         if m == 1:
             return self.gemv(x)
         if m <= GEMM_MAX_M:
