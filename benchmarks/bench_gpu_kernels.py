@@ -28,7 +28,7 @@ DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16", "BF16"]
 ROTATE_BYTES = 256 << 20
 SWEEP_GEMV = [(4, 256, 4), (8, 256, 4), (16, 256, 4), (8, 512, 4), (16, 512, 8), (32, 256, 8), (2, 512, 4)]
 # The int8 GEMV's configs (int8_gemv.CONFIG: BLOCK_N, BLOCK_K, num_warps), swept for the types it serves.
-SWEEP_INT8 = [(4, 512, 4), (8, 512, 4), (16, 512, 4), (8, 1024, 4), (16, 256, 4), (32, 256, 8), (2, 1024, 2)]
+SWEEP_INT8 = [(2, 1024, 2), (4, 1024, 4), (8, 1024, 4), (2, 2048, 4), (4, 512, 2), (1, 1024, 1)]
 
 
 def make_weight(qtype: Q, rows: int, cols: int, seed: int) -> TritonLinear:
@@ -105,7 +105,8 @@ def main() -> None:
     emit()
     if args.sweep:
         for owner, name, configs in ((tl_linear, "GEMV_CONFIG", SWEEP_GEMV), (int8_gemv, "CONFIG", SWEEP_INT8)):
-            sweep_types = [q for q in types if q not in (Q.F16, Q.BF16) and (owner is tl_linear) != int8_gemv.supports(q, 4096)]
+            int8 = tl_linear.INT8_GEMV  # KAMADO_INT8_GEMV=0 sweeps the float GEMV for every type
+            sweep_types = [q for q in types if q not in (Q.F16, Q.BF16) and (owner is tl_linear) != (int8 and int8_gemv.supports(q, 4096))]
             if not sweep_types:
                 continue
             emit(f"{owner.__name__}.{name} sweep (batch 1), µs and % of copy roofline; config = (BLOCK_N, BLOCK_K, num_warps)")

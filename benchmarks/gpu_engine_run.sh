@@ -1,7 +1,8 @@
 #!/bin/bash
 # One device call: GPU engine tests, synthetic 8B models, kamado bench and batched decode (docs/GPU.md, "The engine on the GPU").
 # Run from the repo root on the GPU machine with .whl carried: bash benchmarks/gpu_engine_run.sh
-# Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE=1 adds a short eager tg run (KAMADO_CUDA_GRAPHS=0),
+# Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE='VAR=value ...' adds a tg128 run under those settings
+# (e.g. KAMADO_CUDA_GRAPHS=0: eager; KAMADO_INT8_GEMV=0: float GEMV),
 # PROFILE=1 a torch.profiler table of graphed decode steps and a 512-token prefill (benchmarks/profile_gpu_decode.py).
 set -u
 export PYTHONUNBUFFERED=1
@@ -21,7 +22,7 @@ for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
     timeout ${BATCHED_LIMIT:-200} python3 benchmarks/bench_gpu_batched.py -m $M/llama3-8b-$T.gguf --npl $NPL 2>&1 | tee -a $OUT/batched.md
   fi
   if [ -n "${BASELINE:-}" ]; then
-    KAMADO_CUDA_GRAPHS=0 timeout 40 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 0 -n 32 -r 1 2>&1 | tee -a $OUT/baseline.md
+    env $BASELINE timeout 60 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 0 -n 128 -r 2 2>&1 | tee -a $OUT/baseline.md
   fi
   if [ -n "${PROFILE:-}" ]; then
     timeout 120 python3 benchmarks/profile_gpu_decode.py -m $M/llama3-8b-$T.gguf --steps 8 --prefill 512 2>&1 | tee -a $OUT/profile.txt

@@ -30,7 +30,7 @@ def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, table_ptr, pos_ptr, out_ptr,
     row = (pid // H).to(tl.int64)
     head = pid % H
     kv_head = head // GROUP
-    pos = tl.load(pos_ptr + row)
+    pos = tl.load(pos_ptr + row).to(tl.int32)
     od = tl.arange(0, BLOCK_D)
     odv = tl.arange(0, BLOCK_DV)
     q = tl.load(q_ptr + row * stride_q_row + head * stride_q_head + od, mask=od < D, other=0.0)

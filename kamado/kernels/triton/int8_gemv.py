@@ -25,7 +25,9 @@ from kamado.kernels.triton.kernels import Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, _k4_scal
 # qtype -> how many of its leading planes (layout.PLANES) hold quants, read as int32 words of 4 file bytes.
 WORD_PLANES = {Q.Q4_0: 1, Q.Q4_1: 1, Q.Q8_0: 1, Q.Q4_K: 1, Q.Q6_K: 2}
 MAX_M = 8
-CONFIG = (8, 512, 4)  # (BLOCK_N, BLOCK_K, num_warps); BLOCK_K falls back to 256 where K is not a multiple
+# (BLOCK_N, BLOCK_K, num_warps); BLOCK_K halves where K is not a multiple. Best or near-best for Q4_K and Q6_K in the
+# H200 sweep of 2026-12-03 (docs/GPU.md): many small programs, long K tiles.
+CONFIG = (2, 1024, 2)
 # Triton's CPU interpreter has no inline PTX: dp4a is then computed byte by byte (same integers).
 EMULATE_DP4A = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -44,11 +46,12 @@ def _dp4a(a, b, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _dot_groups(w, qx, idx, G: tl.constexpr, S: tl.constexpr, EMULATE: tl.constexpr):
-    """dp4a of weight words w [1 or BM, BN, G*S] with the x words at idx [G*S] of each x row (qx [BM, 1] pointers),
-    summed over each group of S consecutive words -> [BM, BN, G] int32."""
-    d = _dp4a(w, tl.load(qx + idx[None, :])[:, None, :], EMULATE)
-    return tl.sum(tl.reshape(d, [d.shape[0], d.shape[1], G, S]), axis=3)
+def _dot_groups(w, qx, idx, EMULATE: tl.constexpr):
+    """dp4a of weight words w [BN, G, S] with the x words at idx [G, S] of each x row (qx: [BM, 1] pointers), summed
+    over each group's S words -> [BM, BN, G] int32. Loading tiles in their final 3-D shape (rather than reshaping a
+    flat one) keeps the sums in registers: a reshape made Triton move data through shared memory."""
+    d = _dp4a(w[None, :, :, :], tl.load(qx[:, :, None] + idx[None, :, :])[:, None, :, :], EMULATE)
+    return tl.sum(d, axis=3)
 
 
 @triton.jit
@@ -73,9 +76,10 @@ def _gemv_kernel(qx_ptr, dx_ptr, xs_ptr, y_ptr, M, N, K, stride_y, p0, p1, p2, p
     """y[m, n] = sum_k x[m, k] W[n, k] for BLOCK_N weight rows and all M (<= BLOCK_M) rows of x.
 
     Planes of 4-bit and 8-bit quants are read as int32 words (4 bytes of the file each); x words qx as int32 too.
-    Shapes below: [BLOCK_M, BLOCK_N, words] for the integer sums, then [BLOCK_M, BLOCK_N, groups] for the scaling."""
+    Shapes below: weight words [BLOCK_N, groups, words per group], integer sums and scaling [BLOCK_M, BLOCK_N, groups]."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(rn, N - 1).to(tl.int64)[:, None]  # clamped: rows past N compute garbage that is never stored
+    rows3 = rows[:, :, None]
     rm = tl.arange(0, BLOCK_M)
     xrow = tl.minimum(rm, M - 1).to(tl.int64)[:, None]
     qx = qx_ptr + xrow * (K // 4)
@@ -85,18 +89,18 @@ def _gemv_kernel(qx_ptr, dx_ptr, xs_ptr, y_ptr, M, N, K, stride_y, p0, p1, p2, p
     for k0 in range(0, K, BLOCK_K):
         if QTYPE == Q8_0:  # block of 32: 8 words of int8 quants
             NB: tl.constexpr = BLOCK_K // 32
-            wi = tl.arange(0, BLOCK_K // 4)
-            w = tl.load(p0 + rows * s0 + k0 // 4 + wi[None, :])
-            isum = _dot_groups(w[None, :, :], qx, k0 // 4 + wi, NB, 8, EMULATE)
+            wi = tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]
+            w = tl.load(p0 + rows3 * s0 + k0 // 4 + wi[None, :, :])
+            isum = _dot_groups(w, qx, k0 // 4 + wi, EMULATE)
             blk = k0 // 32 + tl.arange(0, NB)
             d = tl.load(p1 + rows * s1 + blk[None, :]).to(tl.float32)
             part = d[None, :, :] * tl.load(dx + blk[None, :])[:, None, :] * isum.to(tl.float32)
         elif QTYPE == Q4_0 or QTYPE == Q4_1:  # block of 32: 4 words; word w holds values 4w.. (low nibbles), 16 + 4w.. (high)
             NB: tl.constexpr = BLOCK_K // 32
-            wi = tl.arange(0, BLOCK_K // 8)
-            w = tl.load(p0 + rows * s0 + k0 // 8 + wi[None, :])[None, :, :]
+            wi = tl.arange(0, NB)[:, None] * 4 + tl.arange(0, 4)[None, :]
+            w = tl.load(p0 + rows3 * s0 + k0 // 8 + wi[None, :, :])
             xlo = k0 // 4 + (wi // 4) * 8 + wi % 4
-            isum = (_dot_groups(w & 0x0F0F0F0F, qx, xlo, NB, 4, EMULATE) + _dot_groups((w >> 4) & 0x0F0F0F0F, qx, xlo + 4, NB, 4, EMULATE))
+            isum = _dot_groups(w & 0x0F0F0F0F, qx, xlo, EMULATE) + _dot_groups((w >> 4) & 0x0F0F0F0F, qx, xlo + 4, EMULATE)
             isum = isum.to(tl.float32)
             blk = k0 // 32 + tl.arange(0, NB)
             d = tl.load(p1 + rows * s1 + blk[None, :]).to(tl.float32)[None, :, :]
@@ -109,11 +113,11 @@ def _gemv_kernel(qx_ptr, dx_ptr, xs_ptr, y_ptr, M, N, K, stride_y, p0, p1, p2, p
         elif QTYPE == Q4_K:
             # 256-block: 4 chunks of 32 bytes (8 words); chunk c's low nibbles are sub-block 2c, its high nibbles 2c + 1
             NS: tl.constexpr = BLOCK_K // 64  # (block, chunk) pairs in the tile
-            wi = tl.arange(0, BLOCK_K // 8)
-            w = tl.load(p0 + rows * s0 + k0 // 8 + wi[None, :])[None, :, :]
+            wi = tl.arange(0, NS)[:, None] * 8 + tl.arange(0, 8)[None, :]
+            w = tl.load(p0 + rows3 * s0 + k0 // 8 + wi[None, :, :])
             xlo = k0 // 4 + (wi // 8) * 16 + wi % 8
-            lo = _dot_groups(w & 0x0F0F0F0F, qx, xlo, NS, 8, EMULATE)
-            hi = _dot_groups((w >> 4) & 0x0F0F0F0F, qx, xlo + 8, NS, 8, EMULATE)
+            lo = _dot_groups(w & 0x0F0F0F0F, qx, xlo, EMULATE)
+            hi = _dot_groups((w >> 4) & 0x0F0F0F0F, qx, xlo + 8, EMULATE)
             pair = k0 // 64 + tl.arange(0, NS)  # (block, chunk) index over the row
             blk = (pair // 4)[None, :]
             sub = (pair % 4)[None, :] * 2
@@ -135,17 +139,17 @@ def _gemv_kernel(qx_ptr, dx_ptr, xs_ptr, y_ptr, M, N, K, stride_y, p0, p1, p2, p
             # its low nibbles are values 128n + 32 part + 4w.. (2 high bits at qh bits 2 part), high nibbles 64 further
             # (qh bits 4 + 2 part); qh word: 8n + w of the block.
             NG: tl.constexpr = BLOCK_K // 32  # groups of 4 ql words (16 values each, one scale), low half of each
-            ui = tl.arange(0, BLOCK_K // 8)
+            ui = tl.arange(0, NG)[:, None] * 4 + tl.arange(0, 4)[None, :]
             u = ui % 32
             part_ = (u % 16) // 8
-            ql = tl.load(p0 + rows * s0 + k0 // 8 + ui[None, :])[None, :, :]
-            qh = tl.load(p1 + rows * s1 + k0 // 16 + (ui // 32) * 16 + (u // 16) * 8 + u % 8)[None, :, :]
-            shift = (2 * part_)[None, None, :]
+            ql = tl.load(p0 + rows3 * s0 + k0 // 8 + ui[None, :, :])
+            qh = tl.load(p1 + rows3 * s1 + k0 // 16 + (ui // 32)[None, :, :] * 16 + (u // 16)[None, :, :] * 8 + (u % 8)[None, :, :])
+            shift = (2 * part_)[None, :, :]
             q_lo = (ql & 0x0F0F0F0F) | (((qh >> shift) & 0x03030303) << 4)
             q_hi = ((ql >> 4) & 0x0F0F0F0F) | (((qh >> (shift + 4)) & 0x03030303) << 4)
             xlo = k0 // 4 + (ui // 32) * 64 + (u // 16) * 32 + part_ * 8 + u % 8
-            lo = _dot_groups(q_lo, qx, xlo, NG, 4, EMULATE)
-            hi = _dot_groups(q_hi, qx, xlo + 16, NG, 4, EMULATE)
+            lo = _dot_groups(q_lo, qx, xlo, EMULATE)
+            hi = _dot_groups(q_hi, qx, xlo + 16, EMULATE)
             gi = tl.arange(0, NG)  # group of 4 words -> 16-value group (g16) of its low nibbles in the row
             gu = (gi % 8)
             g16 = k0 // 16 + (gi // 8) * 16 + (gu // 4) * 8 + ((gu % 4) // 2) * 2 + gu % 2
