@@ -54,20 +54,23 @@ def ceilings() -> tuple[float, float]:
     return copy_gbs, 2 * 8192**3 / t / 1e9
 
 
-def decode_ms(qtype: Q, rows: int, cols: int, batch: int) -> tuple[float, int]:
-    """Median ms of one (batch x cols) @ W.T over rotating weight copies, launched from a CUDA graph."""
+def decode_ms(qtype: Q, rows: int, cols: int, batch: int, path: str = "auto") -> tuple[float, int]:
+    """Median ms of one (batch x cols) @ W.T over rotating weight copies, launched from a CUDA graph.
+    path: "auto" (TritonLinear's choice by batch), "fused" (fused GEMM) or "library" (dequantize + cuBLAS)."""
     first = make_weight(qtype, rows, cols, seed=0)
     copies = [first] + [make_weight(qtype, rows, cols, seed=i) for i in range(1, math.ceil(ROTATE_BYTES / first.nbytes))]
     x = torch.randn(batch, cols, device="cuda")
+    run = {"auto": TritonLinear.__call__, "fused": TritonLinear.fused_gemm,
+           "library": lambda lin, x: (x.half() @ lin.dequantize().T).float()}[path]
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         for lin in copies:  # compile and warm up outside the capture
-            lin(x)
+            run(lin, x)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for lin in copies:
-            lin(x)
+            run(lin, x)
     t = triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
     return t / len(copies), first.nbytes
 
@@ -125,20 +128,23 @@ def main() -> None:
             emit()
     emit(f"decode: µs per matmul, GB/s of weight read, % of the {copy_gbs:.0f} GB/s roofline; "
          f"prefill at batch {args.prefill_batch}: TFLOP/s (fused Triton GEMM / dequantize + cuBLAS)")  # fmt: skip
-    emit("| type | out x in | MB | b=1 µs | b=1 GB/s | b=1 roof | b=4 µs | b=16 µs | b=16 GB/s | pp fused TFLOP/s | pp deq+cuBLAS |")
-    emit("|---|---|---|---|---|---|---|---|---|---|---|")
+    emit("| type | out x in | MB | b=1 µs | b=1 GB/s | b=1 roof | b=4 µs | b=16 µs | b=16 GB/s | b=64 fused µs | b=64 deq+cuBLAS µs "
+         "| pp fused TFLOP/s | pp deq+cuBLAS |")
+    emit("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for qtype in types:
         for rows, cols in shapes:
             t1, nbytes = decode_ms(qtype, rows, cols, 1)
             t4, _ = decode_ms(qtype, rows, cols, 4)
             t16, _ = decode_ms(qtype, rows, cols, 16)
+            quantized = qtype not in (Q.F16, Q.BF16)
+            t64 = [decode_ms(qtype, rows, cols, 64, path)[0] * 1e3 if quantized else math.nan for path in ("fused", "library")]
             lin = make_weight(qtype, rows, cols, seed=99)
             flops = 2 * args.prefill_batch * rows * cols
             library = flops / prefill_ms(lin, args.prefill_batch, "library") / 1e9
             fused = "-" if lin.float_weight is not None else f"{flops / prefill_ms(lin, args.prefill_batch, 'fused') / 1e9:.0f}"
             gbs = nbytes / t1 / 1e6
             emit(f"| {qtype.name} | {rows}x{cols} | {nbytes / 1e6:.1f} | {t1 * 1e3:.1f} | {gbs:.0f} | {gbs / copy_gbs:.0%} | "
-                 f"{t4 * 1e3:.1f} | {t16 * 1e3:.1f} | {nbytes / t16 / 1e6:.0f} | {fused} | {library:.0f} |")  # fmt: skip
+                 f"{t4 * 1e3:.1f} | {t16 * 1e3:.1f} | {nbytes / t16 / 1e6:.0f} | {t64[0]:.1f} | {t64[1]:.1f} | {fused} | {library:.0f} |")  # fmt: skip
             del lin
             torch.cuda.empty_cache()
     if args.out:
