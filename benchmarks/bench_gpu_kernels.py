@@ -144,7 +144,8 @@ def main() -> None:
             fused = "-" if lin.float_weight is not None else f"{flops / prefill_ms(lin, args.prefill_batch, 'fused') / 1e9:.0f}"
             gbs = nbytes / t1 / 1e6
             emit(f"| {qtype.name} | {rows}x{cols} | {nbytes / 1e6:.1f} | {t1 * 1e3:.1f} | {gbs:.0f} | {gbs / copy_gbs:.0%} | "
-                 f"{t4 * 1e3:.1f} | {t16 * 1e3:.1f} | {nbytes / t16 / 1e6:.0f} | {t64[0]:.1f} | {t64[1]:.1f} | {fused} | {library:.0f} |")  # fmt: skip
+                 f"{t4 * 1e3:.1f} | {t16 * 1e3:.1f} | {nbytes / t16 / 1e6:.0f} | {t64[0]:.1f} | {t64[1]:.1f} | "
+                 f"{fused} | {library:.0f} |")  # fmt: skip
             del lin
             torch.cuda.empty_cache()
     if args.out:
