@@ -108,8 +108,8 @@ def main() -> None:
     emit()
     if args.sweep:
         for owner, name, configs in ((tl_linear, "GEMV_CONFIG", SWEEP_GEMV), (int8_gemv, "CONFIG", SWEEP_INT8)):
-            int8 = tl_linear.INT8_GEMV  # KAMADO_INT8_GEMV=0 sweeps the float GEMV for every type
-            sweep_types = [q for q in types if q not in (Q.F16, Q.BF16) and (owner is tl_linear) != (int8 and int8_gemv.supports(q, 4096))]
+            int8 = [q for q in tl_linear.INT8_GEMV if int8_gemv.supports(q, 4096)]  # KAMADO_INT8_GEMV=0: float GEMV for all
+            sweep_types = [q for q in types if q not in (Q.F16, Q.BF16) and (owner is tl_linear) != (q in int8)]
             if not sweep_types:
                 continue
             emit(f"{owner.__name__}.{name} sweep (batch 1), µs and % of copy roofline; config = (BLOCK_N, BLOCK_K, num_warps)")

@@ -97,9 +97,9 @@ def _gemv_kernel(qx_ptr, dx_ptr, xs_ptr, y_ptr, M, N, K, stride_y, p0, p1, p2, p
             part = d[None, :, :] * tl.load(dx + blk[None, :])[:, None, :] * isum.to(tl.float32)
         elif QTYPE == Q4_0 or QTYPE == Q4_1:  # block of 32: 4 words; word w holds values 4w.. (low nibbles), 16 + 4w.. (high)
             NB: tl.constexpr = BLOCK_K // 32
-            wi = tl.arange(0, NB)[:, None] * 4 + tl.arange(0, 4)[None, :]
-            w = tl.load(p0 + rows3 * s0 + k0 // 8 + wi[None, :, :])
-            xlo = k0 // 4 + (wi // 4) * 8 + wi % 4
+            nb, j = tl.arange(0, NB)[:, None], tl.arange(0, 4)[None, :]
+            w = tl.load(p0 + rows3 * s0 + (k0 // 8 + nb * 4 + j)[None, :, :])
+            xlo = k0 // 4 + nb * 8 + j
             isum = _dot_groups(w & 0x0F0F0F0F, qx, xlo, EMULATE) + _dot_groups((w >> 4) & 0x0F0F0F0F, qx, xlo + 4, EMULATE)
             isum = isum.to(tl.float32)
             blk = k0 // 32 + tl.arange(0, NB)
@@ -113,9 +113,9 @@ def _gemv_kernel(qx_ptr, dx_ptr, xs_ptr, y_ptr, M, N, K, stride_y, p0, p1, p2, p
         elif QTYPE == Q4_K:
             # 256-block: 4 chunks of 32 bytes (8 words); chunk c's low nibbles are sub-block 2c, its high nibbles 2c + 1
             NS: tl.constexpr = BLOCK_K // 64  # (block, chunk) pairs in the tile
-            wi = tl.arange(0, NS)[:, None] * 8 + tl.arange(0, 8)[None, :]
-            w = tl.load(p0 + rows3 * s0 + k0 // 8 + wi[None, :, :])
-            xlo = k0 // 4 + (wi // 8) * 16 + wi % 8
+            ns, j = tl.arange(0, NS)[:, None], tl.arange(0, 8)[None, :]
+            w = tl.load(p0 + rows3 * s0 + (k0 // 8 + ns * 8 + j)[None, :, :])
+            xlo = k0 // 4 + ns * 16 + j
             lo = _dot_groups(w & 0x0F0F0F0F, qx, xlo, EMULATE)
             hi = _dot_groups((w >> 4) & 0x0F0F0F0F, qx, xlo + 8, EMULATE)
             pair = k0 // 64 + tl.arange(0, NS)  # (block, chunk) index over the row
@@ -139,21 +139,22 @@ def _gemv_kernel(qx_ptr, dx_ptr, xs_ptr, y_ptr, M, N, K, stride_y, p0, p1, p2, p
             # its low nibbles are values 128n + 32 part + 4w.. (2 high bits at qh bits 2 part), high nibbles 64 further
             # (qh bits 4 + 2 part); qh word: 8n + w of the block.
             NG: tl.constexpr = BLOCK_K // 32  # groups of 4 ql words (16 values each, one scale), low half of each
-            ui = tl.arange(0, NG)[:, None] * 4 + tl.arange(0, 4)[None, :]
-            u = ui % 32
-            part_ = (u % 16) // 8
-            ql = tl.load(p0 + rows3 * s0 + k0 // 8 + ui[None, :, :])
-            qh = tl.load(p1 + rows3 * s1 + k0 // 16 + (ui // 32)[None, :, :] * 16 + (u // 16)[None, :, :] * 8 + (u % 8)[None, :, :])
+            # indices as (a function of the group) + arange(4): Triton then sees 4 contiguous words and loads 16 bytes at once
+            gi, j = tl.arange(0, NG)[:, None], tl.arange(0, 4)[None, :]
+            gu = gi % 8  # group in its block: half n = gu // 4, part = (gu % 4) // 2, words (gu % 2) * 4 + j of the 8
+            part_ = (gu % 4) // 2
+            ql = tl.load(p0 + rows3 * s0 + (k0 // 8 + gi * 4 + j)[None, :, :])
+            qh = tl.load(p1 + rows3 * s1 + (k0 // 16 + (gi // 8) * 16 + (gu // 4) * 8 + (gu % 2) * 4 + j)[None, :, :])
             shift = (2 * part_)[None, :, :]
             q_lo = (ql & 0x0F0F0F0F) | (((qh >> shift) & 0x03030303) << 4)
             q_hi = ((ql >> 4) & 0x0F0F0F0F) | (((qh >> (shift + 4)) & 0x03030303) << 4)
-            xlo = k0 // 4 + (ui // 32) * 64 + (u // 16) * 32 + part_ * 8 + u % 8
+            xlo = k0 // 4 + (gi // 8) * 64 + (gu // 4) * 32 + part_ * 8 + (gu % 2) * 4 + j
             lo = _dot_groups(q_lo, qx, xlo, EMULATE)
             hi = _dot_groups(q_hi, qx, xlo + 16, EMULATE)
-            gi = tl.arange(0, NG)  # group of 4 words -> 16-value group (g16) of its low nibbles in the row
-            gu = (gi % 8)
-            g16 = k0 // 16 + (gi // 8) * 16 + (gu // 4) * 8 + ((gu % 4) // 2) * 2 + gu % 2
-            blk = k0 // 256 + gi // 8
+            gs = tl.arange(0, NG)  # group of 4 words -> 16-value group (g16) of its low nibbles in the row
+            gsu = gs % 8
+            g16 = k0 // 16 + (gs // 8) * 16 + (gsu // 4) * 8 + ((gsu % 4) // 2) * 2 + gsu % 2
+            blk = k0 // 256 + gs // 8
             d = tl.load(p3 + rows * s3 + blk[None, :]).to(tl.float32)
             sc_lo = tl.load(p2 + rows * s2 + g16[None, :]).to(tl.float32) * d
             sc_hi = tl.load(p2 + rows * s2 + g16[None, :] + 4).to(tl.float32) * d

@@ -16,14 +16,18 @@ import os
 import torch
 import triton
 
+from kamado.gguf.constants import GGMLQuantizationType
 from kamado.kernels.linear import FLOAT_TYPES, KernelError, QuantTensor
 from kamado.kernels.triton import int8_gemv, kernels
 from kamado.kernels.triton.layout import GROUP_SIZE, PLANES, split_planes
 from kamado.quants.iq4 import KVALUES
 
 GEMM_MAX_M = 64
-# KAMADO_INT8_GEMV=0 keeps float32 activations at M == 1 (to tell the int8 rounding apart from other differences).
-INT8_GEMV = os.environ.get("KAMADO_INT8_GEMV", "1") != "0"
+# Types that take the int8 GEMV: KAMADO_INT8_GEMV=0 (none: float32 activations, to tell the int8 rounding apart from
+# other differences), 1 (every type it supports) or a comma-separated list of type names.
+_INT8_SETTING = os.environ.get("KAMADO_INT8_GEMV", "1")
+INT8_GEMV = {"0": (), "1": tuple(int8_gemv.WORD_PLANES)}.get(_INT8_SETTING) or tuple(
+    GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
 # (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
 GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
 GEMM_CONFIG_SMALL = (16, 64, 128, 4, 3)  # M <= 16: decode batches
@@ -73,7 +77,7 @@ class TritonLinear:
         if self.in_features % self.group:
             raise KernelError(f"tensor {tensor.name}: {self.in_features} columns are not a multiple of {self.group}")
         self.table = torch.tensor(KVALUES, dtype=torch.float32, device=self.device)
-        self.int8_max_m = int8_gemv.MAX_M if INT8_GEMV and int8_gemv.supports(self.qtype, self.in_features) else 0
+        self.int8_max_m = int8_gemv.MAX_M if self.qtype in INT8_GEMV and int8_gemv.supports(self.qtype, self.in_features) else 0
 
     @property
     def nbytes(self) -> int:
