@@ -1,8 +1,8 @@
 """TritonLinear: y = x @ W.T on a CUDA device with W kept in its GGUF block format (as planes, see layout.py).
 
 Paths, chosen per call by the number of activation rows M (thresholds measured on an H100, docs/GPU.md):
-  M <= 8            integer dot-product GEMV (int8_gemv.py: activations quantized to int8 per 32, as llama.cpp's
-                    CUDA MMVQ) for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with a multiple of 256 columns
+  M <= 8            opt-in (KAMADO_INT8_GEMV): integer dot-product GEMV (int8_gemv.py: activations quantized to int8
+                    per 32, as llama.cpp's CUDA MMVQ) for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with a multiple of 256 columns
   M == 1            otherwise: fused dequantize-GEMV (float32 activations, one pass over the weight bytes)
   2 <= M <= GEMM_MAX_M   fused dequantize-GEMM on tensor cores (fp16 activations, fp32 accumulation)
   M > GEMM_MAX_M    dequantize the whole weight to fp16 once per call, then the library matmul (cuBLAS)
@@ -23,11 +23,14 @@ from kamado.kernels.triton.layout import GROUP_SIZE, PLANES, split_planes
 from kamado.quants.iq4 import KVALUES
 
 GEMM_MAX_M = 64
-# Types that take the int8 GEMV: KAMADO_INT8_GEMV=0 (none: float32 activations, to tell the int8 rounding apart from
-# other differences), 1 (every type it supports) or a comma-separated list of type names.
-_INT8_SETTING = os.environ.get("KAMADO_INT8_GEMV", "1")
-INT8_GEMV = {"0": (), "1": tuple(int8_gemv.WORD_PLANES)}.get(_INT8_SETTING) or tuple(
-    GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
+# Types that take the int8 GEMV (M <= 8): KAMADO_INT8_GEMV=0 (none, the default), 1 (every type it supports) or a
+# comma-separated list of type names. Off by default: measured on an H200 (docs/GPU.md, 2026-12-03) it gained only ~6%
+# of tg128, and its int8 activation rounding moved the tiny models' logprobs 0.020-0.040 from the CPU path (tolerance 0.02).
+_INT8_SETTING = os.environ.get("KAMADO_INT8_GEMV", "0")
+if _INT8_SETTING in ("0", "1"):
+    INT8_GEMV = tuple(int8_gemv.WORD_PLANES) if _INT8_SETTING == "1" else ()
+else:
+    INT8_GEMV = tuple(GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
 # (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
 GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
 GEMM_CONFIG_SMALL = (16, 64, 128, 4, 3)  # M <= 16: decode batches
