@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.tokenizer.helpers import VOCAB_DIR, load
@@ -32,6 +32,8 @@ def _stream(tok, ids, skip_special=False):
 @settings(max_examples=150, deadline=None)
 @given(text=TEXT)
 def test_decode_encode_roundtrip(name, text):
+    # SPM writes spaces as U+2581 and decodes U+2581 as a space (llama.cpp too): a literal U+2581 cannot round-trip.
+    assume(name != "llama-spm" or "\u2581" not in text)
     tok = _tok(name)
     ids = tok.encode(text, add_special=False, parse_special=False)
     assert tok.decode(ids) == text
