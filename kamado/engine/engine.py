@@ -307,16 +307,17 @@ class Engine:
         for s, p in rows:
             self._computed(s, max(s.n_computed, p + 1))
         seqs = [rows[i][0] for i in last]
-        picked = self._pick_on_device(seqs, logits)
+        picked = self._pick_together(seqs, logits)
         for i, s in enumerate(seqs):
             self._accept(s, picked[i] if i in picked else s.sampler.sample(logits[i], s.tokens))
 
     @staticmethod
-    def _pick_on_device(seqs: list[_Sequence], logits: torch.Tensor) -> dict[int, SampledToken]:
-        """Tokens of greedy and top-k-decided rows picked from their best logits taken where GPU logits are (pick_rows);
-        other rows, and CPU logits, go through their Sampler."""
-        rows = [i for i, s in enumerate(seqs) if s.sampler.is_greedy or s.sampler.top_k_decides] if logits.is_cuda else []
-        picks = pick_rows(logits[rows], [seqs[i].sampler for i in rows]) if rows else None
+    def _pick_together(seqs: list[_Sequence], logits: torch.Tensor) -> dict[int, SampledToken]:
+        """Tokens of greedy and top-k-decided rows picked from their best logits, ranked for all rows at once where the
+        logits are (pick_rows); other rows go through their Sampler."""
+        rows = [i for i, s in enumerate(seqs) if s.sampler.is_greedy or s.sampler.top_k_decides]
+        chosen = logits if len(rows) == len(seqs) else logits[rows]  # indexing would copy every row
+        picks = pick_rows(chosen, [seqs[i].sampler for i in rows]) if rows else None
         return dict(zip(rows, picks, strict=True)) if picks is not None else {}
 
     def _computed(self, seq: _Sequence, n: int) -> None:
