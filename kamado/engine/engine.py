@@ -7,16 +7,23 @@
     handle.cancel()             # from any thread: the request's pages are released at the next step
 
 Each step the worker admits waiting requests (mapping cached prefix pages), runs one prompt chunk
-(up to n_batch tokens) of one prefilling sequence, then one decode forward with a row per running
-sequence. Prefill chunks are never mixed with other sequences and every op computes rows
-independently, so a request's tokens do not depend on what else is running (batch invariance);
-see kamado/kernels/cpu.py for the decode kernel's row limit. Decode rows attend together, in
-calls grouped by a key width each row sets alone (kamado/engine/decode_attention.py).
+(up to n_batch tokens) of one sequence with a long prompt, then one forward of rows: one per decoding
+sequence, and the prompt tokens of sequences whose uncached prompt is short (at most ROWS_PER_STEP
+tokens) in the rows left free. Long prompt chunks are never mixed with other sequences and every op
+computes rows independently, so a request's tokens do not depend on what else is running (batch
+invariance): up to ROWS_PER_STEP rows go through the CPU decode kernel (kamado/kernels/cpu.py), and
+a short prompt's rows are computed alike whether they share a step or not, or in which step. Rows
+attend together, in calls grouped by a key width each row sets alone (kamado/engine/decode_attention.py).
+
+Why short prompts ride along: a forward of its own for a 14-token prompt of Gemma 3 270M took ~55 ms
+(two single-row decode steps) and stalled every running stream meanwhile: ~13% of the engine's time in
+`kamado serve` with 8 streams (docs/BENCHMARKS.md). As rows of a decode step they add their rows' share.
 """
 
 from __future__ import annotations
 
 import atexit
+import math
 import queue
 import threading
 import weakref
@@ -30,8 +37,13 @@ from kamado.engine.decode_attention import RowGroup, attend_rows, group_rows
 from kamado.engine.kv_cache import CacheFullError, PagedKVCache
 from kamado.engine.sampler import SampledToken, Sampler, SamplingParams, pick_rows
 from kamado.engine.stop import StopMatcher
+from kamado.kernels.cpu import DECODE_ROWS
 from kamado.kernels.openmp import release_thread_pool
 from kamado.models.blocks import attention
+
+# Rows of one forward that keep every row on the CPU decode kernel (batch invariance); also the longest uncached
+# prompt computed as rows of decode steps rather than as a chunk of its own.
+ROWS_PER_STEP = DECODE_ROWS
 
 
 class ContextOverflowError(ValueError):
@@ -98,6 +110,9 @@ class _Sequence:
         self.detok = engine.tokenizer.stream() if engine.tokenizer is not None else None
         self.stop = StopMatcher(handle.request.stop) if handle.request.stop else None
         self.done = False
+        # Decided once, from the request and the cache alone: its prompt's tokens always take the same path.
+        # (CUDA graphs decode one row per sequence: there every prompt goes as chunks.)
+        self.prompt_in_rows = engine._graphs is None and self.n_prompt - n_cached <= ROWS_PER_STEP
 
 
 class Engine:
@@ -172,12 +187,19 @@ class Engine:
     def step(self) -> None:
         self._reap_cancelled()
         self._admit()
-        prefilling = next((s for s in self._running if s.n_computed < s.n_prompt), None)
-        if prefilling is not None:
-            self._prefill_chunk(prefilling)
-        decoding = [s for s in self._running if s.n_computed >= s.n_prompt and not s.done and s is not prefilling]
-        if decoding:
-            self._decode(decoding)
+        chunked = next((s for s in self._running if s.n_computed < s.n_prompt and not s.prompt_in_rows), None)
+        if chunked is not None:
+            self._prefill_chunk(chunked)
+        rows = [(s, len(s.tokens) - 1) for s in self._running if s.n_computed >= s.n_prompt and not s.done and s is not chunked]
+        # Prompt rows fill the rows left free. With ROWS_PER_STEP decode rows or more (n_seq_max above it) the step is
+        # past the decode kernel and invariance is gone anyway: then prompts are not held back.
+        limit = ROWS_PER_STEP if len(rows) < ROWS_PER_STEP else math.inf
+        for s in self._running:
+            if s.prompt_in_rows and s.n_computed < s.n_prompt and len(rows) < limit:
+                stop = min(s.n_prompt, s.n_computed + limit - len(rows))
+                rows += [(s, p) for p in range(s.n_computed, stop)]
+        if rows:
+            self._forward_rows(rows)
 
     def _reap_cancelled(self) -> None:
         with self._lock:
@@ -234,15 +256,15 @@ class Engine:
 
         return attend
 
-    def _decode_attend(self, seqs: list[_Sequence]):
-        """An `attend` callback for one query row per sequence, all attended in batched calls (decode_attention.py)."""
+    def _rows_attend(self, rows: list[tuple[_Sequence, int]]):
+        """An `attend` callback for query rows (sequence, position), all attended in batched calls (decode_attention.py).
+        Every row's K/V is stored before any row attends, so a prompt's rows see each other's."""
         cache = self.cache
-        positions = [len(s.tokens) - 1 for s in seqs]
         tables = {}  # (window, device) -> (slots to store the rows' K/V in, row groups), shared by the layers of a step
 
         def table(window, device):
             if (window, device) not in tables:
-                key_slots = [cache.slots(s.pages, max(0, pos - window + 1) if window else 0, pos + 1) for s, pos in zip(seqs, positions)]
+                key_slots = [cache.slots(s.pages, max(0, pos - window + 1) if window else 0, pos + 1) for s, pos in rows]
                 groups = [RowGroup(*(t.to(device) for t in (g.rows, g.slots, g.hidden))) for g in group_rows(key_slots)]
                 tables[(window, device)] = torch.cat([slots[-1:] for slots in key_slots]).to(device), groups
             return tables[(window, device)]
@@ -272,24 +294,30 @@ class Engine:
         if last:
             self._accept(seq, seq.sampler.sample(logits[0], seq.tokens))
 
-    def _decode(self, seqs: list[_Sequence]) -> None:
-        if self._graphs is not None:
-            logits = self._graphs.logits([(s.tokens[-1], len(s.tokens) - 1, s.pages) for s in seqs])
+    def _forward_rows(self, rows: list[tuple[_Sequence, int]]) -> None:
+        """One forward of the rows (sequence, position); a token is sampled for each row at its sequence's last token
+        (every decode row; a prompt's last row)."""
+        last = [i for i, (s, p) in enumerate(rows) if p == len(s.tokens) - 1]
+        if self._graphs is not None:  # decode rows only (prompt_in_rows is off): every row is last
+            logits = self._graphs.logits([(s.tokens[p], p, s.pages) for s, p in rows])
         else:
-            tokens = torch.tensor([s.tokens[-1] for s in seqs])
-            positions = torch.tensor([len(s.tokens) - 1 for s in seqs])
-            logits = self.model(tokens, positions, self._decode_attend(seqs), torch.arange(len(seqs)))
-        picked = self._pick_on_device(seqs, logits)
+            tokens = torch.tensor([s.tokens[p] for s, p in rows])
+            positions = torch.tensor([p for _, p in rows])
+            logits = self.model(tokens, positions, self._rows_attend(rows), torch.tensor(last, dtype=torch.long))
+        for s, p in rows:
+            self._computed(s, max(s.n_computed, p + 1))
+        seqs = [rows[i][0] for i in last]
+        picked = self._pick_together(seqs, logits)
         for i, s in enumerate(seqs):
-            self._computed(s, len(s.tokens))
             self._accept(s, picked[i] if i in picked else s.sampler.sample(logits[i], s.tokens))
 
     @staticmethod
-    def _pick_on_device(seqs: list[_Sequence], logits: torch.Tensor) -> dict[int, SampledToken]:
-        """Tokens of greedy and top-k-decided rows picked from their best logits taken where GPU logits are (pick_rows);
-        other rows, and CPU logits, go through their Sampler."""
-        rows = [i for i, s in enumerate(seqs) if s.sampler.is_greedy or s.sampler.top_k_decides] if logits.is_cuda else []
-        picks = pick_rows(logits[rows], [seqs[i].sampler for i in rows]) if rows else None
+    def _pick_together(seqs: list[_Sequence], logits: torch.Tensor) -> dict[int, SampledToken]:
+        """Tokens of greedy and top-k-decided rows picked from their best logits, ranked for all rows at once where the
+        logits are (pick_rows); other rows go through their Sampler."""
+        rows = [i for i, s in enumerate(seqs) if s.sampler.is_greedy or s.sampler.top_k_decides]
+        chosen = logits if len(rows) == len(seqs) else logits[rows]  # indexing would copy every row
+        picks = pick_rows(chosen, [seqs[i].sampler for i in rows]) if rows else None
         return dict(zip(rows, picks, strict=True)) if picks is not None else {}
 
     def _computed(self, seq: _Sequence, n: int) -> None:

@@ -33,8 +33,8 @@ import torch
 # sorts everything only if they do not reach p; we add a middle try before the full sort (same result).
 _TOP_P_TRIES = (256, 8192)
 _TOP_P_SORT_ALL_BELOW = 1024
-# `_largest` splits a long vector into rows of this many values (see there).
-_ROW = 128
+# `_largest` splits a long vector into blocks of this many values (see there).
+_BLOCK = 128
 
 
 @dataclass
@@ -120,23 +120,27 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _largest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.topk(values, k) (sorted, descending), about 10x faster for a small k on a whole vocabulary.
+    """torch.topk(values, k) over the last dim (sorted, descending) of one row or of rows (n, vocab), about 10x faster
+    for a small k on a whole vocabulary.
 
-    The k largest values all lie in the k rows with the largest row maxima (a value outside those rows
-    has k row maxima above it), so only those rows, plus the tail that does not fill a row, are ranked.
+    The k largest values all lie in the k blocks of _BLOCK values with the largest block maxima (a value outside those
+    blocks has k block maxima above it), so only those blocks, plus the tail that does not fill a block, are ranked.
+    Each row is ranked by itself: a row gives the same result alone and among others.
     """
-    n_rows = values.numel() // _ROW
-    if k * _ROW * 2 > values.numel():
+    n = values.shape[-1]
+    n_blocks = n // _BLOCK
+    if k * _BLOCK * 2 > n:
         return torch.topk(values, k)
-    rows = values[: n_rows * _ROW].view(n_rows, _ROW)
-    _, best_rows = torch.topk(rows.amax(dim=1), k)
-    pool = rows[best_rows].reshape(-1)
-    pool_ids = (best_rows.unsqueeze(1) * _ROW + torch.arange(_ROW)).reshape(-1)
-    if n_rows * _ROW < values.numel():
-        pool = torch.cat([pool, values[n_rows * _ROW :]])
-        pool_ids = torch.cat([pool_ids, torch.arange(n_rows * _ROW, values.numel())])
+    lead = values.shape[:-1]
+    blocks = values[..., : n_blocks * _BLOCK].reshape(*lead, n_blocks, _BLOCK)
+    _, best = torch.topk(blocks.amax(dim=-1), k)
+    pool = torch.gather(blocks, -2, best.unsqueeze(-1).expand(*lead, k, _BLOCK)).reshape(*lead, k * _BLOCK)
+    pool_ids = (best.unsqueeze(-1) * _BLOCK + torch.arange(_BLOCK, device=values.device)).reshape(*lead, k * _BLOCK)
+    if n_blocks * _BLOCK < n:
+        pool = torch.cat([pool, values[..., n_blocks * _BLOCK :]], dim=-1)
+        pool_ids = torch.cat([pool_ids, torch.arange(n_blocks * _BLOCK, n, device=values.device).expand(*lead, -1)], dim=-1)
     top_values, order = torch.topk(pool, k)
-    return top_values, pool_ids[order]
+    return top_values, torch.gather(pool_ids, -1, order)
 
 
 class Sampler:
@@ -306,13 +310,17 @@ class Sampler:
 
 def pick_rows(logits: torch.Tensor, samplers: list[Sampler]) -> list[SampledToken] | None:
     """What each sampler's `sample` returns for its row of `logits` (rows, vocab), for samplers that are `is_greedy` or
-    whose `top_k_decides`: the best logits and the logsumexp are taken where the logits are, with one copy to the host.
+    whose `top_k_decides`: the best logits and the logsumexp of all rows are taken at once, where the logits are,
+    with one copy to the host.
 
     Why: for a GPU decode step, copying every row's logits to the host and ranking them there took longer than the
-    step itself (docs/GPU.md). None when some row's best logit is NaN or -inf: `sample` then names the problem.
+    step itself (docs/GPU.md). On the CPU, ranking 8 rows of Gemma 3's 262144 logits at once took 0.49 ms against
+    0.76 ms one row at a time (the whole 8-row pick 2.4 ms against 2.8-3.2 ms through `sample`, same results bit
+    for bit); on an H200 `_largest` equals torch.topk and took 171 µs against 275 for 64 rows of 262149. None when
+    some row's best logit is NaN or -inf: `sample` then names the problem.
     """
     k = max(max(s.params.n_probs, s.params.top_k if s.top_k_decides else 1, 1) for s in samplers)
-    values, ids = torch.topk(logits.float(), min(k, logits.shape[-1]), dim=-1)
+    values, ids = _largest(logits.float(), min(k, logits.shape[-1]))
     log_norm = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
     host = torch.cat([values, log_norm], dim=-1).cpu(), ids.cpu()  # one transfer of each
     out = []

@@ -158,7 +158,9 @@ def _fbgemm_pack(tensor: QuantTensor, rows: slice):
 # 128 then only rounds (it sees no data-dependent range), so each row's result depends on that row alone (batch
 # invariance), and the pair is ~15-bit accurate: one 8-bit pass lost too much on Gemma's outlier channels
 # (logprobs drifted twice as far from llama.cpp's as with bf16 activations). Decode is memory-bound, so the
-# 2M rows cost about what M rows do.
+# 2M rows cost about what M rows do. The two halves are combined in place, part by part: on Gemma 3's 262144-wide
+# output, temporaries and a concatenation of the (2M, vocab) products took 22-28 ms of an 8-row product, in place
+# 17.7 (one row 9.1-9.8 -> 8.8), with the same float32 operations in the same order (bit-identical results).
 _LEVELS = 127.0
 _RESIDUAL_GAIN = 254.0
 _fbgemm_product = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
@@ -169,5 +171,10 @@ def _fbgemm_linear(x: torch.Tensor, packed: list) -> torch.Tensor:
     norm = x.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     u = x * (_LEVELS / norm)
     rows = torch.cat([u, (u - torch.round(u)) * _RESIDUAL_GAIN])
-    y = torch.cat([_fbgemm_product(rows, 1.0, 128, part) for part in packed], dim=-1)
-    return (y[:m] + y[m:] * (1.0 / _RESIDUAL_GAIN)) * (norm / _LEVELS)
+    scale = norm / _LEVELS
+    parts = []
+    for part in packed:
+        y = _fbgemm_product(rows, 1.0, 128, part)
+        high, residual = y[:m], y[m:]
+        parts.append(high.add_(residual.mul_(1.0 / _RESIDUAL_GAIN)).mul_(scale))
+    return torch.cat(parts, dim=-1)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kamado.engine import ContextOverflowError, Engine, FinishEvent, Request, SamplingParams, TokenEvent
+from kamado.engine.engine import ROWS_PER_STEP
 from kamado.models import solo_attend
 from tests.models.tiny import tiny_model
 
@@ -47,6 +48,31 @@ def test_eight_concurrent_requests_equal_their_solo_results():
     handles = [engine.submit(r) for r in requests]
     assert [tokens_of(h) for h in handles] == solo
     assert len({tuple(s) for s in solo}) > 1  # the seeds really differ
+
+
+def test_short_prompts_share_decode_steps_with_their_solo_results(monkeypatch):
+    # Prompts of at most ROWS_PER_STEP uncached tokens are computed as rows of the decode forward, in the rows left
+    # free, split over steps when they do not fit: tokens, logprobs and top logprobs must still equal the solo run's.
+    model = tiny_model("qwen2")
+    prompts = [[1 + i, 10 + 2 * i, 20 + i] for i in range(5)] + [list(range(30 + i, 44 + i)) for i in range(3)]
+    requests = [Request(p, SamplingParams(temperature=1.0, seed=7 + i, n_probs=3), max_tokens=10) for i, p in enumerate(prompts)]
+
+    def outputs(events):
+        return [(e.token, e.logprob, e.top) for e in events if isinstance(e, TokenEvent)]
+
+    solo = [outputs(Engine(model, n_ctx=64).generate(r)) for r in requests]
+    steps = []
+    forward_rows = Engine._forward_rows
+    monkeypatch.setattr(Engine, "_forward_rows", lambda self, rows: (steps.append(list(rows)), forward_rows(self, rows)))
+    engine = Engine(model, n_ctx=64, n_seq_max=8)
+    with engine._lock:  # all queued before the worker admits any, so the first steps mix prompts and decode rows
+        handles = [engine.submit(r) for r in requests]
+    assert [outputs(h) for h in handles] == solo
+    assert max(len(rows) for rows in steps) == ROWS_PER_STEP
+    # a row at a position before n_prompt computes a prompt token, any other decodes
+    assert any(any(p >= s.n_prompt for s, p in rows) and any(p < s.n_prompt for s, p in rows) for rows in steps)
+    prompt_steps = [{s for s, p in rows if p < s.n_prompt} for rows in steps]
+    assert any(sum(seq in seqs for seqs in prompt_steps) > 1 for seq in set().union(*prompt_steps))  # a prompt was split
 
 
 def test_prefix_pages_are_reused_with_the_same_result(model):

@@ -431,6 +431,24 @@ def test_pick_rows_give_what_each_sampler_gives():
             assert [lp for _, lp in picked.top] == pytest.approx([lp for _, lp in expected.top], abs=1e-5)
 
 
+def test_pick_rows_equal_sample_bit_for_bit_on_a_whole_vocabulary():
+    # The engine samples CPU rows with pick_rows too: tokens, logprobs and top logprobs must be the per-row path's
+    # exactly, and a row's result must not depend on the rows beside it (batch invariance).
+    from kamado.engine.sampler import pick_rows
+
+    vocab = 262144 + 5  # blocks of the whole vocabulary and a tail that does not fill one
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(5)) * 3
+    settings = [dict(temperature=0.8, n_probs=2), dict(temperature=0, n_probs=1), dict(temperature=1.2, top_k=3, n_probs=4)]
+
+    def samplers():
+        return [Sampler(SamplingParams(seed=3, **kw), vocab) for kw in settings]
+
+    per_row = [sampler.sample(row, []) for sampler, row in zip(samplers(), logits, strict=True)]
+    together = pick_rows(logits, samplers())
+    alone = [pick_rows(logits[i : i + 1], [sampler])[0] for i, sampler in enumerate(samplers())]
+    assert together == per_row == alone
+
+
 def test_pick_rows_leave_a_row_without_a_finite_best_to_the_sampler():
     from kamado.engine.sampler import pick_rows
 
