@@ -32,7 +32,9 @@ def round_q8_0(x: torch.Tensor) -> torch.Tensor:
     blocks = x.float().reshape(*x.shape[:-1], -1, 32)
     amax = blocks.abs().amax(dim=-1, keepdim=True)
     d = (amax / 127.0).half().float()
-    inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
+    # 127 / amax divided as ggml does (`127.0 / amax` is torch's reciprocal(amax) * 127: an ulp off a quarter of the
+    # time, which flips the rounding of some activations; docs/NUMERICS.md, 2026-12-03)
+    inv = torch.where(amax != 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     return (torch.round(blocks * inv) * d).reshape(x.shape)
 
 
@@ -41,7 +43,7 @@ def round_q8_k(x: torch.Tensor) -> torch.Tensor:
     blocks = x.float().reshape(*x.shape[:-1], -1, 256)
     idx = blocks.abs().argmax(dim=-1, keepdim=True)
     peak = blocks.gather(-1, idx)
-    iscale = torch.where(peak != 0, -127.0 / peak, torch.zeros_like(peak))
+    iscale = torch.where(peak != 0, torch.full_like(peak, -127.0) / peak, torch.zeros_like(peak))  # a true division, as above
     q = torch.round(blocks * iscale).clamp(max=127)
     d = torch.where(peak != 0, 1.0 / iscale, torch.zeros_like(peak))
     return (q * d).reshape(x.shape)

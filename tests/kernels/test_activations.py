@@ -29,16 +29,27 @@ def test_q8_0_rounds_ties_to_even_like_the_avx_quantizer():
     assert round_q8_0(x)[:3].tolist() == [127.0, 2.0, 4.0]
 
 
+def test_q8_0_divides_127_by_amax_as_ggml_does():
+    # id = 127 / amax in one float32 division (quantize_row_q8_0); reciprocal(amax) * 127 is an ulp off here and
+    # would round 0.0779... to 2 steps instead of 1
+    amax, x = np.float32(6.599526882171631), np.float32(0.07794716209173203)
+    block = torch.zeros(32)
+    block[0], block[1] = float(amax), float(x)
+    d = np.float32(np.float16(amax / np.float32(127)))
+    assert round_q8_0(block)[1].item() == np.rint(x * (np.float32(127) / amax)) * d == d
+
+
 def test_q8_k_rounding_follows_the_signed_peak():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 512, generator=gen)
     x[0, 7] = -9.0  # negative peak: iscale = -127 / -9
     y = round_q8_k(x)
-    block = x[0, :256]
-    d = 1.0 / (-127.0 / torch.tensor(-9.0))
+    # quantize_row_q8_K_ref in float32: iscale = -127.f/max, q = nearest_int(iscale*x), d = 1/iscale
+    iscale = np.float32(-127.0) / np.float32(-9.0)
+    block = x[0, :256].numpy()
+    want = np.minimum(np.rint(block * iscale), 127) * (np.float32(1) / iscale)
     assert y[0, 7].item() == pytest.approx(-9.0, rel=1e-6)
-    q = torch.round(block * (-127.0 / torch.tensor(-9.0)))
-    torch.testing.assert_close(y[0, :256], q * d, rtol=0, atol=0)
+    np.testing.assert_array_equal(y[0, :256].numpy(), want.astype(np.float32))
     assert (y - x).abs().max() <= x.abs().amax() / 254 * 1.0001
     assert torch.equal(round_q8_k(torch.zeros(256)), torch.zeros(256))
 
@@ -91,3 +102,19 @@ def test_rms_norm_matches_float64():
     want = (x.double() / torch.sqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()).float()
     torch.testing.assert_close(rms_norm(x, w, 1e-6), want, rtol=2e-6, atol=1e-6)
     assert math.isfinite(rms_norm(torch.zeros(1, 8), None, 1e-6).sum().item())
+
+
+def test_rms_norm_scale_is_ggmls_float32_arithmetic():
+    """1/sqrtf(mean + eps) with a correctly rounded sqrtf, as ggml_compute_forward_rms_norm_f32 computes it."""
+    x = torch.randn(2048, 64, generator=torch.Generator().manual_seed(8)) * 3
+    xs = x.numpy()
+    mean = ((xs * xs).astype(np.float64).sum(-1, keepdims=True) / 64).astype(np.float32)
+    scale = np.float32(1.0) / np.sqrt(mean + np.float32(1e-6))
+    np.testing.assert_array_equal(rms_norm(x, None, 1e-6).numpy(), xs * scale)
+
+
+def test_gelu_table_entries_where_the_fused_multiply_add_matters():
+    # ggml's table (glibc tanhf, 1 + 0.044715*x*x contracted to an fma) at the two fp16 inputs where float32
+    # torch.tanh of the unfused expression rounds to the neighbouring fp16 value
+    x = torch.tensor([-1.9990234375, -3.78125])
+    assert gelu_tanh(x).tolist() == [-0.045501708984375, -0.0001913309097290039]  # fp16 values, exact

@@ -1,0 +1,75 @@
+"""How ggml-cpu rounds the activations it multiplies a weight with, as float32 values.
+
+ggml never multiplies float32 activations with a quantized weight directly: each matmul first converts
+the activation rows to the weight type's `vec_dot_type` (ggml-cpu type traits) and takes integer dot
+products block by block. Since y = sum_b d_w[b] * d_x[b] * (integer dot of block b) equals
+dequant(W) @ dequant(quantize(x)) up to float32 summation order, rounding x here and then using an exact
+matmul reproduces llama.cpp's outputs to ~1e-6 (docs/NUMERICS.md has the measurements).
+
+  Q8_0 (Q4_0, Q5_0, Q8_0, IQ4_NL, MXFP4 weights), also Q8_1 (Q4_1, Q5_1: same values; ggml's extra
+  per-block sum s = fp16(d * sum q) is not reproduced): blocks of 32, d = amax / 127 stored as fp16,
+  q = round-half-even(x * (127 / amax)) (ggml-cpu's AVX quantize_row_q8_0).
+  Q8_K (k-quants, IQ2/IQ3/IQ1, IQ4_XS, TQ): blocks of 256, iscale = -127 / (the signed value of largest
+  magnitude, first one on ties), q = min(127, round-half-even(iscale * x)), d = 1 / iscale in float32.
+  F16 / BF16 weights: x rounded to that type. F32: unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kamado.gguf.constants import GGMLQuantizationType as T
+
+Q8_0_WEIGHTS = {T.Q4_0, T.Q5_0, T.Q8_0, T.IQ4_NL, T.Q4_1, T.Q5_1}
+Q8_K_WEIGHTS = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M,
+                T.IQ4_XS, T.TQ1_0, T.TQ2_0}
+if hasattr(T, "MXFP4"):
+    Q8_0_WEIGHTS.add(T.MXFP4)
+
+
+def quantize_q8_0(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_row_q8_0 along the last axis (a multiple of 32): quants (..., blocks, 32) as floats, d (..., blocks)."""
+    blocks = x.float().reshape(*x.shape[:-1], -1, 32)
+    amax = blocks.abs().amax(dim=-1)
+    d = (amax / 127.0).half().float()
+    inv = torch.where(amax != 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))  # 127/amax, not reciprocal*127
+    return torch.round(blocks * inv[..., None]), d
+
+
+def quantize_q8_k(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_row_q8_K along the last axis (a multiple of 256): quants (..., blocks, 256) as floats, d (..., blocks)."""
+    blocks = x.float().reshape(*x.shape[:-1], -1, 256)
+    peak = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))[..., 0]
+    iscale = torch.where(peak != 0, torch.full_like(peak, -127.0) / peak, torch.zeros_like(peak))
+    q = torch.round(blocks * iscale[..., None]).clamp(max=127)
+    d = torch.where(peak != 0, 1.0 / iscale, torch.zeros_like(peak))
+    return q, d
+
+
+def round_q8_0(x: torch.Tensor) -> torch.Tensor:
+    """dequantize(quantize_row_q8_0(x)) along the last axis (a multiple of 32)."""
+    q, d = quantize_q8_0(x)
+    return (q * d[..., None]).reshape(x.shape)
+
+
+def round_q8_k(x: torch.Tensor) -> torch.Tensor:
+    """dequantize(quantize_row_q8_K(x)) along the last axis (a multiple of 256)."""
+    q, d = quantize_q8_k(x)
+    return (q * d[..., None]).reshape(x.shape)
+
+
+def _to(dtype):
+    return lambda x: x.to(dtype).float()
+
+
+def activation_rounding(qtype: T):
+    """The function x -> x as ggml-cpu sees it when multiplying with a weight of this type."""
+    if qtype in Q8_0_WEIGHTS:
+        return round_q8_0
+    if qtype in Q8_K_WEIGHTS:
+        return round_q8_k
+    if qtype == T.F16:
+        return _to(torch.float16)
+    if qtype == T.BF16:
+        return _to(torch.bfloat16)
+    return lambda x: x
