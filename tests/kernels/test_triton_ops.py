@@ -138,3 +138,28 @@ def test_int8_gemv_is_exact_on_int8_rounded_activations(qtype, m):
     assert torch.allclose(s.double(), (q.double().reshape(m, -1, 16).sum(-1) * d.double().repeat_interleave(2, dim=1)), rtol=1e-6)
     assert _rel_err(y, rounded @ dequantize_torch(raw, qtype).double().T) < 1e-6
     assert _rel_err(rounded, x) < 1e-2
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_split_k_products_are_reproducible(m):
+    """A short, wide weight makes the GEMV (m = 1) and the fused GEMM (m = 5) cut K into ranges; the partial sums are
+    added in a fixed order by the last program of each tile, so calls give the same bits, and the counters it uses
+    are left at zero for the next launch."""
+    from kamado.gguf.constants import GGMLQuantizationType as Q
+    from kamado.kernels.linear import QuantTensor
+    from kamado.kernels.triton import linear
+    from kamado.kernels.triton.layout import random_blocks
+    from kamado.quants import dequantize_torch
+
+    rows, cols = 40, 4096
+    raw = random_blocks(Q.Q4_K, rows, cols, seed=m)
+    lin = linear.TritonLinear(QuantTensor("w", Q.Q4_K, (rows, cols), raw), device=DEVICE)
+    tiles = -(-rows // (linear.GEMV_CONFIG[0] if m == 1 else linear.GEMM_CONFIG_SMALL[1]))
+    assert linear._split_k(tiles, cols, 128, 64, 512) > 1  # the shape does split
+    x = torch.randn(m, cols, generator=torch.Generator().manual_seed(m)).to(DEVICE)
+    first, second = lin(x), lin(x)
+    assert torch.equal(first, second)
+    assert int(linear._split_workspace(x.device)[1].abs().sum()) == 0
+    xd = x.double() if m == 1 else x.half().double()
+    ref = xd.cpu() @ dequantize_torch(raw, Q.Q4_K).double().T
+    assert _rel_err(first, ref) < (1e-5 if m == 1 else 2e-3)

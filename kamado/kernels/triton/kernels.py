@@ -135,47 +135,76 @@ def _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, g0, G: tl.constexpr, Q
 
 
 @triton.jit
+def _store_split(y_ptrs, out, mask, partial_ptr, offs, n_partial, count_ptr, slot, split, SPLIT_K: tl.constexpr):
+    """Store `out`, one of SPLIT_K partial sums of a tile, into y. Without a split, directly. Otherwise each program
+    stores its partial (at offs of its split's n_partial floats); the last of the tile's programs to finish (counted in
+    count_ptr[slot], which it resets to 0 for the next launch) adds the partials in split order, so the result does
+    not depend on which program ran first (reproducible, unlike atomic float adds)."""
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, out, mask=mask)
+    else:
+        tl.store(partial_ptr + split * n_partial + offs, out)
+        tl.debug_barrier()  # every thread's partial is written before the count says so
+        if tl.atomic_add(count_ptr + slot, 1, sem="acq_rel") == SPLIT_K - 1:
+            total = tl.zeros_like(out)
+            for s in range(SPLIT_K):
+                total += tl.load(partial_ptr + s * n_partial + offs, cache_modifier=".cg")
+            tl.store(y_ptrs, total, mask=mask)
+            tl.atomic_xchg(count_ptr + slot, 0)
+
+
+@triton.jit
 def gemv_kernel(
-    x_ptr, y_ptr, N, K, stride_xm, stride_ym,
+    x_ptr, y_ptr, N, K, partial_ptr, count_ptr,
     p0, p1, p2, p3, s0, s1, s2, s3, table,
-    QTYPE: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    QTYPE: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):  # fmt: skip
-    """y[m, n] = sum_k x[m, k] * W[n, k] with float32 x, one row m per program column (decode)."""
+    """y[n] = sum_k x[k] * W[n, k] for one float32 row x (decode). Programs: (row tiles, SPLIT_K ranges of K)."""
     pid_n = tl.program_id(0)
-    m = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(rn, N - 1)  # clamped: out-of-range rows compute garbage that is never stored
     G: tl.constexpr = BLOCK_K // GS
     acc = tl.zeros([BLOCK_N, G], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        x = tl.load(x_ptr + m * stride_xm + k0 + tl.arange(0, G)[:, None] * GS + tl.arange(0, GS)[None, :])
+    k_len = K // SPLIT_K  # a multiple of BLOCK_K (linear.py chooses SPLIT_K so)
+    for k0 in range(split * k_len, split * k_len + k_len, BLOCK_K):
+        x = tl.load(x_ptr + k0 + tl.arange(0, G)[:, None] * GS + tl.arange(0, GS)[None, :])
         q, scale, offset = _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, k0 // GS, G, QTYPE, GS)
         acc += scale * tl.sum(q * x[None, :, :], axis=2) + offset * tl.sum(x, axis=1)[None, :]
-    tl.store(y_ptr + m * stride_ym + rn, tl.sum(acc, axis=1), mask=rn < N)
+    _store_split(y_ptr + rn, tl.sum(acc, axis=1), rn < N, partial_ptr, rn, tl.num_programs(0) * BLOCK_N,
+                 count_ptr, pid_n, split, SPLIT_K)  # fmt: skip
 
 
 @triton.jit
 def gemm_kernel(
-    x_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
+    x_ptr, y_ptr, M, N, K, stride_xm, stride_ym, partial_ptr, count_ptr,
     p0, p1, p2, p3, s0, s1, s2, s3, table,
     QTYPE: tl.constexpr, GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):  # fmt: skip
-    """y = x @ W.T with fp16 x (M >= 2), weights dequantized to fp16 tile by tile, fp32 accumulation on tensor cores."""
+    """y = x @ W.T with fp16 x (M >= 2), weights dequantized to fp16 tile by tile, fp32 accumulation on tensor cores.
+    Programs: (row tiles of W, tiles of x's rows, SPLIT_K ranges of K)."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
+    split = tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(rn, N - 1)
     G: tl.constexpr = BLOCK_K // GS
     x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_len = K // SPLIT_K
+    for k0 in range(split * k_len, split * k_len + k_len, BLOCK_K):
         x = tl.load(x_rows + k0 + tl.arange(0, BLOCK_K)[None, :], mask=rm[:, None] < M, other=0.0)
         q, scale, offset = _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, k0 // GS, G, QTYPE, GS)
         w = tl.reshape(q * scale[:, :, None] + offset[:, :, None], [BLOCK_N, BLOCK_K]).to(tl.float16)
         acc = tl.dot(x, tl.trans(w), acc)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
-    tl.store(y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :], acc, mask=mask)
+    slot = pid_m * tl.num_programs(0) + pid_n
+    local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    _store_split(y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :], acc, mask, partial_ptr,
+                 slot * (BLOCK_M * BLOCK_N) + local, tl.num_programs(0) * tl.num_programs(1) * (BLOCK_M * BLOCK_N),
+                 count_ptr, slot, split, SPLIT_K)  # fmt: skip
 
 
 @triton.jit

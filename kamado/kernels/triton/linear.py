@@ -33,9 +33,35 @@ else:
     INT8_GEMV = tuple(GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
 # (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
 GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
+# The GEMV and the fused GEMM split K (the kernels' SPLIT_K) until they have at least this many programs, so a short
+# weight (4096 x 4096: 512 GEMV row tiles, 64 GEMM tiles) still keeps every SM's memory requests in flight; 0 = never.
+GEMV_MIN_PROGRAMS = 2048
+GEMM_MIN_PROGRAMS = 512
+# Split partial sums and the per-tile counters, shared by every TritonLinear of a device: kernels on one stream run
+# one at a time and each launch leaves its counters at 0. Fixed size, made once: CUDA graphs keep captured pointers.
+SPLIT_PARTIAL_FLOATS = 1 << 24  # 64 MiB
+SPLIT_COUNTERS = 1 << 16
+_split_workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 GEMM_CONFIG_SMALL = (16, 64, 128, 4, 3)  # M <= 16: decode batches
 GEMM_CONFIG_LARGE = (64, 128, 64, 8, 3)
 DEQUANT_CONFIG = (32, 256, 4)
+
+
+def _split_k(tiles: int, cols: int, block_k: int, tile_floats: int, min_programs: int) -> int:
+    """How many ranges to cut K into: doubling while there are fewer than min_programs programs, each range stays a
+    whole number of BLOCK_K tiles and the partial sums fit the workspace."""
+    split = 1
+    while (tiles * split < min_programs and cols % (2 * split * block_k) == 0
+           and 2 * split * tiles * tile_floats <= SPLIT_PARTIAL_FLOATS and tiles <= SPLIT_COUNTERS):  # fmt: skip
+        split *= 2
+    return split
+
+
+def _split_workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if device not in _split_workspaces:
+        _split_workspaces[device] = (torch.empty(SPLIT_PARTIAL_FLOATS, dtype=torch.float32, device=device),
+                                     torch.zeros(SPLIT_COUNTERS, dtype=torch.int32, device=device))  # fmt: skip
+    return _split_workspaces[device]
 
 
 def _block_k(preferred: int, cols: int, group: int) -> int:
@@ -113,15 +139,16 @@ class TritonLinear:
         return [*planes, *(p.stride(0) for p in planes), self.table]
 
     def gemv(self, x: torch.Tensor) -> torch.Tensor:
-        """Fused dequantize-GEMV over each row of x (float32); the decode path."""
+        """Fused dequantize-GEMV of one row x (1, in) float32; the decode path."""
         x = x.float().contiguous()
-        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32, device=x.device)
+        y = torch.empty(1, self.out_features, dtype=torch.float32, device=x.device)
         block_n, block_k, warps = GEMV_CONFIG
         block_k = _block_k(block_k, self.in_features, self.group)
-        grid = (triton.cdiv(self.out_features, block_n), x.shape[0])
-        kernels.gemv_kernel[grid](
-            x, y, self.out_features, self.in_features, x.stride(0), y.stride(0), *self._plane_args(),
-            QTYPE=int(self.qtype), GS=self.group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        tiles = triton.cdiv(self.out_features, block_n)
+        split = _split_k(tiles, self.in_features, block_k, block_n, GEMV_MIN_PROGRAMS)
+        kernels.gemv_kernel[(tiles, split)](
+            x, y, self.out_features, self.in_features, *_split_workspace(x.device), *self._plane_args(),
+            QTYPE=int(self.qtype), GS=self.group, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=warps,
         )  # fmt: skip
         return y
 
@@ -132,11 +159,12 @@ class TritonLinear:
         y = torch.empty(m, self.out_features, dtype=torch.float32, device=x.device)
         block_m, block_n, block_k, warps, stages = GEMM_CONFIG_SMALL if m <= 16 else GEMM_CONFIG_LARGE
         block_k = _block_k(block_k, self.in_features, max(self.group, 16))
-        grid = (triton.cdiv(self.out_features, block_n), triton.cdiv(m, block_m))
-        kernels.gemm_kernel[grid](
-            x, y, m, self.out_features, self.in_features, x.stride(0), y.stride(0), *self._plane_args(),
-            QTYPE=int(self.qtype), GS=self.group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-            num_warps=warps, num_stages=stages,
+        tiles_n, tiles_m = triton.cdiv(self.out_features, block_n), triton.cdiv(m, block_m)
+        split = _split_k(tiles_n * tiles_m, self.in_features, block_k, block_m * block_n, GEMM_MIN_PROGRAMS)
+        kernels.gemm_kernel[(tiles_n, tiles_m, split)](
+            x, y, m, self.out_features, self.in_features, x.stride(0), y.stride(0), *_split_workspace(x.device),
+            *self._plane_args(), QTYPE=int(self.qtype), GS=self.group, BLOCK_M=block_m, BLOCK_N=block_n,
+            BLOCK_K=block_k, SPLIT_K=split, num_warps=warps, num_stages=stages,
         )  # fmt: skip
         return y
 
