@@ -27,8 +27,9 @@ SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 409
 DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16", "BF16"]
 ROTATE_BYTES = 256 << 20
 # GEMV configs: (BLOCK_N, BLOCK_K, num_warps, num_stages) with linear.GEMV_MIN_PROGRAMS (K is split until that many programs).
-SWEEP_GEMV = [((8, 512, 4, 1), 2048), ((8, 512, 4, 3), 2048), ((8, 512, 4, 5), 2048), ((8, 256, 4, 5), 2048),
-              ((16, 256, 4, 4), 2048), ((4, 512, 2, 4), 4096)]
+SWEEP_GEMV = [((8, 512, 4, 1), 2048), ((8, 512, 4, 2), 2048), ((8, 512, 4, 3), 2048), ((8, 512, 4, 4), 0),
+              ((8, 256, 4, 4), 2048), ((8, 256, 4, 6), 0), ((16, 256, 4, 4), 0), ((4, 512, 2, 4), 0),
+              ((8, 128, 4, 8), 0)]
 # Fused GEMM at decode batch sizes: linear.GEMM_MIN_PROGRAMS values and GEMM_CONFIG_SMALL/LARGE candidates.
 SWEEP_GEMM_MIN = [0, 256, 1024]
 SWEEP_GEMM_BATCHES = [2, 8, 16, 32, 64]
@@ -89,11 +90,64 @@ def prefill_ms(lin: TritonLinear, batch: int, path: str) -> float:
     return triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
 
 
+SWEEP_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096), (1024, 4096), (128256, 4096))
+
+
+def sweep_gemv(emit, types: list[Q], copy_gbs: float) -> None:
+    emit("GEMV sweep (batch 1), µs and % of copy roofline; config = ((BLOCK_N, BLOCK_K, num_warps, stages), GEMV_MIN_PROGRAMS)")
+    emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_GEMV) + " |")
+    emit("|---|---|" + "---|" * len(SWEEP_GEMV))
+    default = (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS)
+    for qtype in types:
+        for rows, cols in SWEEP_SHAPES:
+            cells = []
+            for tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS in SWEEP_GEMV:
+                ms, nbytes = decode_ms(qtype, rows, cols, 1)
+                cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
+            emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
+    tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS = default
+    emit()
+
+
+def sweep_gemm(emit, types: list[Q]) -> None:
+    emit("fused GEMM at decode batches, µs: GEMM_MIN_PROGRAMS values, then dequantize + cuBLAS")
+    emit("| type | shape | batch | " + " | ".join(f"min {v}" for v in SWEEP_GEMM_MIN) + " | deq+cuBLAS |")
+    emit("|---|---|---|" + "---|" * (len(SWEEP_GEMM_MIN) + 1))
+    default = tl_linear.GEMM_MIN_PROGRAMS
+    for qtype in types:
+        for rows, cols in SWEEP_SHAPES[:3]:
+            for batch in SWEEP_GEMM_BATCHES:
+                cells = []
+                for tl_linear.GEMM_MIN_PROGRAMS in SWEEP_GEMM_MIN:
+                    cells.append(f"{decode_ms(qtype, rows, cols, batch, 'fused')[0] * 1e3:.1f}")
+                cells.append(f"{decode_ms(qtype, rows, cols, batch, 'library')[0] * 1e3:.1f}")
+                emit(f"| {qtype.name} | {rows}x{cols} | {batch} | " + " | ".join(cells) + " |")
+    tl_linear.GEMM_MIN_PROGRAMS = default
+    emit()
+
+
+def sweep_int8(emit, types: list[Q], copy_gbs: float) -> None:
+    emit("int8_gemv.CONFIG sweep (batch 1), µs and % of copy roofline; config = (BLOCK_N, BLOCK_K, num_warps)")
+    emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_INT8) + " |")
+    emit("|---|---|" + "---|" * len(SWEEP_INT8))
+    default = int8_gemv.CONFIG
+    for qtype in types:
+        for rows, cols in SWEEP_SHAPES[:3]:
+            cells = []
+            for int8_gemv.CONFIG in SWEEP_INT8:
+                ms, nbytes = decode_ms(qtype, rows, cols, 1)
+                cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
+            emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
+    int8_gemv.CONFIG = default
+    emit()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", default=",".join(DEFAULT_TYPES))
     ap.add_argument("--shapes", default="all", help="'all' or indices into SHAPES, e.g. 0,3")
-    ap.add_argument("--sweep", action="store_true", help="also sweep GEMV configs (SWEEP_GEMV) and the fused GEMM split at decode batches")
+    ap.add_argument("--sweep", default="", help="comma-separated: gemv (SWEEP_GEMV configs), gemm (the fused GEMM's split at "
+                    "decode batches), int8 (int8_gemv.CONFIG, for the types KAMADO_INT8_GEMV turns on)")
     ap.add_argument("--prefill-batch", type=int, default=512)
     ap.add_argument("--out", help="also write the tables to this markdown file")
     args = ap.parse_args()
@@ -111,51 +165,15 @@ def main() -> None:
          f"{datetime.date.today()}")  # fmt: skip
     emit(f"measured ceilings: copy {copy_gbs:.0f} GB/s (read+write), bf16 matmul {bf16_tflops:.0f} TFLOP/s")
     emit()
-    if args.sweep:
-        int8 = [q for q in tl_linear.INT8_GEMV if int8_gemv.supports(q, 4096)]  # KAMADO_INT8_GEMV=0: float GEMV for all
-        sweep_shapes = ((14336, 4096), (4096, 14336), (4096, 4096), (1024, 4096), (128256, 4096))
-        float_types = [q for q in types if q not in (Q.F16, Q.BF16) and q not in int8]
-        emit("GEMV sweep (batch 1), µs and % of copy roofline; config = ((BLOCK_N, BLOCK_K, num_warps, num_stages), GEMV_MIN_PROGRAMS)")
-        emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_GEMV) + " |")
-        emit("|---|---|" + "---|" * len(SWEEP_GEMV))
-        default = (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS)
-        for qtype in float_types:
-            for rows, cols in sweep_shapes:
-                cells = []
-                for tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS in SWEEP_GEMV:
-                    ms, nbytes = decode_ms(qtype, rows, cols, 1)
-                    cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
-                emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
-        tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS = default
-        emit()
-        emit("fused GEMM at decode batches, µs: GEMM_MIN_PROGRAMS values, then dequantize + cuBLAS")
-        emit("| type | shape | batch | " + " | ".join(f"min {v}" for v in SWEEP_GEMM_MIN) + " | deq+cuBLAS |")
-        emit("|---|---|---|" + "---|" * (len(SWEEP_GEMM_MIN) + 1))
-        default_min = tl_linear.GEMM_MIN_PROGRAMS
-        for qtype in [q for q in types if q not in (Q.F16, Q.BF16)]:
-            for rows, cols in sweep_shapes[:3]:
-                for batch in SWEEP_GEMM_BATCHES:
-                    cells = []
-                    for tl_linear.GEMM_MIN_PROGRAMS in SWEEP_GEMM_MIN:
-                        cells.append(f"{decode_ms(qtype, rows, cols, batch, 'fused')[0] * 1e3:.1f}")
-                    cells.append(f"{decode_ms(qtype, rows, cols, batch, 'library')[0] * 1e3:.1f}")
-                    emit(f"| {qtype.name} | {rows}x{cols} | {batch} | " + " | ".join(cells) + " |")
-        tl_linear.GEMM_MIN_PROGRAMS = default_min
-        emit()
-        if int8:
-            emit("int8_gemv.CONFIG sweep (batch 1), µs and % of copy roofline; config = (BLOCK_N, BLOCK_K, num_warps)")
-            emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_INT8) + " |")
-            emit("|---|---|" + "---|" * len(SWEEP_INT8))
-            default = int8_gemv.CONFIG
-            for qtype in [q for q in types if q in int8]:
-                for rows, cols in sweep_shapes[:3]:
-                    cells = []
-                    for int8_gemv.CONFIG in SWEEP_INT8:
-                        ms, nbytes = decode_ms(qtype, rows, cols, 1)
-                        cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
-                    emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
-            int8_gemv.CONFIG = default
-            emit()
+    sweeps = set(args.sweep.split(",")) - {""}
+    int8 = [q for q in tl_linear.INT8_GEMV if int8_gemv.supports(q, 4096)]  # KAMADO_INT8_GEMV=0: float GEMV for all
+    quantized = [q for q in types if q not in (Q.F16, Q.BF16)]
+    if "gemv" in sweeps:
+        sweep_gemv(emit, [q for q in quantized if q not in int8], copy_gbs)
+    if "gemm" in sweeps:
+        sweep_gemm(emit, quantized)
+    if "int8" in sweeps:
+        sweep_int8(emit, [q for q in quantized if q in int8], copy_gbs)
     emit(f"decode: µs per matmul, GB/s of weight read, % of the {copy_gbs:.0f} GB/s roofline; "
          f"prefill at batch {args.prefill_batch}: TFLOP/s (fused Triton GEMM / dequantize + cuBLAS)")  # fmt: skip
     emit("| type | out x in | MB | b=1 µs | b=1 GB/s | b=1 roof | b=4 µs | b=16 µs | b=16 GB/s | b=64 fused µs | b=64 deq+cuBLAS µs "

@@ -32,7 +32,7 @@ if _INT8_SETTING in ("0", "1"):
 else:
     INT8_GEMV = tuple(GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
-GEMV_CONFIG = (8, 512, 4, 3)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
+GEMV_CONFIG = (8, 512, 4, 1)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
 # The GEMV and the fused GEMM split K (the kernels' SPLIT_K) until they have at least this many programs, so a short
 # weight (4096 x 4096: 512 GEMV row tiles, 64 GEMM tiles) still keeps every SM's memory requests in flight; 0 = never.
 GEMV_MIN_PROGRAMS = 2048
@@ -148,8 +148,8 @@ class TritonLinear:
         split = _split_k(tiles, self.in_features, block_k, block_n, GEMV_MIN_PROGRAMS)
         kernels.gemv_kernel[(tiles, split)](
             x, y, self.out_features, self.in_features, *_split_workspace(x.device), *self._plane_args(),
-            QTYPE=int(self.qtype), GS=self.group, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=warps,
-            num_stages=stages,
+            QTYPE=int(self.qtype), GS=self.group, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, STAGES=stages,
+            num_warps=warps,
         )  # fmt: skip
         return y
 
