@@ -26,10 +26,8 @@ from kamado.kernels.triton.linear import TritonLinear
 SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 4096)]  # (out, in) as in Llama-3-8B
 DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16", "BF16"]
 ROTATE_BYTES = 256 << 20
-# GEMV configs: (BLOCK_N, BLOCK_K, num_warps, num_stages) with linear.GEMV_MIN_PROGRAMS (K is split until that many programs).
-SWEEP_GEMV = [((8, 512, 4, 1), 2048), ((8, 512, 4, 2), 2048), ((8, 512, 4, 3), 2048), ((8, 512, 4, 4), 0),
-              ((8, 256, 4, 4), 2048), ((8, 256, 4, 6), 0), ((16, 256, 4, 4), 0), ((4, 512, 2, 4), 0),
-              ((8, 128, 4, 8), 0)]
+# GEMV configs: (BLOCK_N, BLOCK_K, num_warps) with linear.GEMV_MIN_PROGRAMS (K is split until that many programs).
+SWEEP_GEMV = [((8, 512, 4), 0), ((8, 512, 4), 2048), ((16, 256, 4), 2048), ((4, 512, 2), 4096)]
 # Fused GEMM at decode batch sizes: linear.GEMM_MIN_PROGRAMS values and GEMM_CONFIG_SMALL/LARGE candidates.
 SWEEP_GEMM_MIN = [0, 256, 1024]
 SWEEP_GEMM_BATCHES = [2, 8, 16, 32, 64]
@@ -94,7 +92,7 @@ SWEEP_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096), (1024, 4096), (12825
 
 
 def sweep_gemv(emit, types: list[Q], copy_gbs: float) -> None:
-    emit("GEMV sweep (batch 1), µs and % of copy roofline; config = ((BLOCK_N, BLOCK_K, num_warps, stages), GEMV_MIN_PROGRAMS)")
+    emit("GEMV sweep (batch 1), µs and % of copy roofline; config = ((BLOCK_N, BLOCK_K, num_warps), GEMV_MIN_PROGRAMS)")
     emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_GEMV) + " |")
     emit("|---|---|" + "---|" * len(SWEEP_GEMV))
     default = (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS)

@@ -158,11 +158,10 @@ def gemv_kernel(
     x_ptr, y_ptr, N, K, partial_ptr, count_ptr,
     p0, p1, p2, p3, s0, s1, s2, s3, table,
     QTYPE: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    STAGES: tl.constexpr,
 ):  # fmt: skip
     """y[n] = sum_k x[k] * W[n, k] for one float32 row x (decode). Programs: (row tiles, SPLIT_K ranges of K).
-    STAGES > 1 has Triton's pipeliner keep the loads of STAGES - 1 further K tiles in flight; it does so for loads
-    that feed no tl.dot only when the loop itself carries num_stages (tl.range), not from the launch option."""
+    The K loop is not software-pipelined: Triton does that for loads feeding no tl.dot only when the loop carries
+    num_stages (tl.range), and 2-8 stages measured slower on the H200 (docs/GPU.md, session 4)."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -170,7 +169,7 @@ def gemv_kernel(
     G: tl.constexpr = BLOCK_K // GS
     acc = tl.zeros([BLOCK_N, G], dtype=tl.float32)
     k_len = K // SPLIT_K  # a multiple of BLOCK_K (linear.py chooses SPLIT_K so)
-    for k0 in tl.range(split * k_len, split * k_len + k_len, BLOCK_K, num_stages=STAGES):
+    for k0 in range(split * k_len, split * k_len + k_len, BLOCK_K):
         x = tl.load(x_ptr + k0 + tl.arange(0, G)[:, None] * GS + tl.arange(0, GS)[None, :])
         q, scale, offset = _dequant(p0, p1, p2, p3, s0, s1, s2, s3, table, rows, k0 // GS, G, QTYPE, GS)
         acc += scale * tl.sum(q * x[None, :, :], axis=2) + offset * tl.sum(x, axis=1)[None, :]

@@ -31,8 +31,8 @@ if _INT8_SETTING in ("0", "1"):
     INT8_GEMV = tuple(int8_gemv.WORD_PLANES) if _INT8_SETTING == "1" else ()
 else:
     INT8_GEMV = tuple(GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
-GEMV_CONFIG = (8, 512, 4, 1)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
+# (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
+GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
 # The GEMV and the fused GEMM split K (the kernels' SPLIT_K) until they have at least this many programs, so a short
 # weight (4096 x 4096: 512 GEMV row tiles, 64 GEMM tiles) still keeps every SM's memory requests in flight; 0 = never.
 GEMV_MIN_PROGRAMS = 2048
@@ -142,14 +142,13 @@ class TritonLinear:
         """Fused dequantize-GEMV of one row x (1, in) float32; the decode path."""
         x = x.float().contiguous()
         y = torch.empty(1, self.out_features, dtype=torch.float32, device=x.device)
-        block_n, block_k, warps, stages = GEMV_CONFIG
+        block_n, block_k, warps = GEMV_CONFIG
         block_k = _block_k(block_k, self.in_features, self.group)
         tiles = triton.cdiv(self.out_features, block_n)
         split = _split_k(tiles, self.in_features, block_k, block_n, GEMV_MIN_PROGRAMS)
         kernels.gemv_kernel[(tiles, split)](
             x, y, self.out_features, self.in_features, *_split_workspace(x.device), *self._plane_args(),
-            QTYPE=int(self.qtype), GS=self.group, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, STAGES=stages,
-            num_warps=warps,
+            QTYPE=int(self.qtype), GS=self.group, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=warps,
         )  # fmt: skip
         return y
 
