@@ -143,9 +143,9 @@ def make_linear(tensor: QuantTensor, backend: str = "cpu"):
 
 
 def _cpu(tensor: QuantTensor):
-    from kamado.kernels.cpu import Int8Linear
+    from kamado.kernels.cpu import make_cpu_linear
 
-    return Int8Linear(tensor)
+    return make_cpu_linear(tensor)
 
 
 def _cuda(tensor: QuantTensor):
