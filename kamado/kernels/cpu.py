@@ -91,10 +91,11 @@ class Int8Linear:
         if self.float_weight is not None:
             return x @ self.float_weight.float().T
         if self.packed is not None:
+            out = x.new_empty(x.shape[0], self.out_features)
             step = max(1, CHUNK_ELEMENTS // (2 * self.out_features))  # bounds fbgemm's (2 x rows, out) float32 output
-            if x.shape[0] <= step:
-                return _fbgemm_linear(x, self.packed)
-            return torch.cat([_fbgemm_linear(x[a : a + step], self.packed) for a in range(0, x.shape[0], step)])
+            for a in range(0, x.shape[0], step):
+                _fbgemm_linear(x[a : a + step], self.packed, out[a : a + step])
+            return out
         if x.shape[0] <= DECODE_ROWS:
             return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.qweight, self.scale_bf16).float()
         xb = x.to(torch.bfloat16)
@@ -244,11 +245,15 @@ _RESIDUAL_GAIN = 254.0
 _fbgemm_product = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
 
 
-def _fbgemm_linear(x: torch.Tensor, packed: list) -> torch.Tensor:
+def _fbgemm_linear(x: torch.Tensor, packed: list, out: torch.Tensor) -> None:
+    """x @ W.T written into out (rows, out_features), one packed row part of W after the other (no concatenation)."""
     m = x.shape[0]
     gain = _LEVELS / x.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     u = x * gain
     rows = torch.cat([u, (u - torch.round(u)) * _RESIDUAL_GAIN])
-    y = _fbgemm_product(rows, 1.0, 128, packed[0]) if len(packed) == 1 else torch.cat(
-        [_fbgemm_product(rows, 1.0, 128, part) for part in packed], dim=-1)
-    return torch.add(y[:m], y[m:], alpha=1.0 / _RESIDUAL_GAIN) / gain
+    first = 0
+    for part in packed:
+        y = _fbgemm_product(rows, 1.0, 128, part)
+        torch.add(y[:m], y[m:], alpha=1.0 / _RESIDUAL_GAIN, out=out[:, first : first + y.shape[1]])
+        first += y.shape[1]
+    out.div_(gain)

@@ -108,8 +108,10 @@ class Rope:
         """x: (T, heads, head_dim); rotates the first n_dims of each head (cos/sin from `cos_sin`)."""
         return self.rotate(x, *self.tables(cos, sin, x.shape[-1]))
 
-    def tables(self, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """cos_sin's half-width tables spread over whole heads, for `rotate`: (T, 1, head_dim) factors and a permutation.
+    def tables(self, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int]:
+        """cos_sin's half-width tables spread over whole heads, for `rotate`: (T, 1, head_dim) factors and each dimension's
+        partner, as an index tensor or, for NEOX pairs over the whole head, the shift torch.roll applies (a third of a
+        gather's time on a decode row).
 
         Pair (a, b) becomes (a*c - b*s, b*c + a*s), i.e. x*C + x[partner]*S with S = -s at a and +s at b: the same
         float32 products and sums as rotating pair by pair, in four torch calls for every head of q and k at once.
@@ -118,17 +120,20 @@ class Rope:
         n, half, device = self.spec.n_dims, self.spec.n_dims // 2, cos.device  # built on the device: a CUDA graph captures this
         first = torch.arange(half, device=device) if self.spec.neox else torch.arange(0, n, 2, device=device)  # a's index of each pair
         second = first + half if self.spec.neox else first + 1
-        partner = torch.arange(head_dim, device=device)
-        partner[first], partner[second] = second, first
         c_full = torch.ones(cos.shape[0], head_dim, dtype=cos.dtype, device=device)
         s_full = torch.zeros_like(c_full)
         c_full[:, first], c_full[:, second] = cos, cos
         s_full[:, first], s_full[:, second] = -sin, sin
+        if self.spec.neox and n == head_dim:
+            return c_full[:, None, :], s_full[:, None, :], half
+        partner = torch.arange(head_dim, device=device)
+        partner[first], partner[second] = second, first
         return c_full[:, None, :], s_full[:, None, :], partner
 
     @staticmethod
-    def rotate(x: torch.Tensor, c_full: torch.Tensor, s_full: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
-        return x * c_full + x.index_select(-1, partner) * s_full
+    def rotate(x: torch.Tensor, c_full: torch.Tensor, s_full: torch.Tensor, partner: torch.Tensor | int) -> torch.Tensor:
+        partnered = x.roll(partner, -1) if isinstance(partner, int) else x.index_select(-1, partner)
+        return x * c_full + partnered * s_full
 
 
 def _yarn_corr_dims(s: RopeSpec) -> tuple[float, float]:
