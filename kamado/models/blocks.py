@@ -18,7 +18,7 @@ import torch.nn.functional as F
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     # ggml: squares in float32 summed in double, mean and 1/sqrtf(mean + eps) in float32, then x * scale.
     # In-place steps on the (rows, 1) temporaries: the same roundings in fewer torch calls (a decode step makes ~100 norms).
-    scale = (x * x).double().sum(-1, keepdim=True).div_(x.shape[-1]).float().add_(eps).sqrt_().reciprocal_()
+    scale = torch.sum(x * x, -1, keepdim=True, dtype=torch.float64).div_(x.shape[-1]).float().add_(eps).sqrt_().reciprocal_()
     y = x * scale
     return y if weight is None else y.mul_(weight)
 
