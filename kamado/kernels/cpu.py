@@ -154,7 +154,7 @@ def _int4_pack(tensor: QuantTensor, rows: slice) -> tuple[torch.Tensor, torch.Te
     packed = torch._convert_weight_to_int4pack_for_cpu(q.reshape(n, -1).int(), 1)
     scale, minimum = scale.reshape(n, -1), minimum.reshape(n, -1)
     scale_offset = torch.stack([scale, 8 * scale - minimum], dim=-1).transpose(0, 1).to(torch.bfloat16)
-    tensor.release_pages(rows)
+    tensor.release_pages()  # as _requantize_int8
     return packed, scale_offset
 
 
@@ -197,39 +197,44 @@ def _requantize_int8(tensor: QuantTensor, rows: slice = slice(None)) -> tuple[to
         s = torch.where(s > 0, s, torch.ones_like(s))
         qweight[a - first : b - first] = torch.round(w / s[:, None]).to(torch.int8)
         scale[a - first : b - first] = s
-        tensor.release_pages(slice(a, b))  # repacked: the file's copy need not stay resident
+        tensor.release_pages()  # repacked: the file's copy need not stay resident (all of it: reads map whole folios)
     return qweight, scale
 
 
-# fbgemm packs a weight into its own layout and keeps the int8 tensor it was given beside it (for unpacking, which
-# kamado never does). Packing in row parts bounds the memory a load needs at once to about twice a part (its int8
-# codes and their packed copy); each part's codes are freed once packed. But every part costs a decode step ~0.3 ms
-# more (Gemma 3's 262144x640 output, one thread: one part 16.2 ms, three 17.4, eleven of 2^24 weights 19.1), so
-# parts are large: loading Gemma 3 270M peaks ~60 MiB (2^24) or ~130 MiB (2^26) above what the weights keep.
-PACK_PART_WEIGHTS = 1 << 26
+# fbgemm packs a weight into its own layout, from a quantized tensor that copies the int8 codes, and keeps that tensor
+# beside it (for unpacking, which kamado never does). Packing in row parts bounds the memory a load needs at once to
+# about three times a part (its codes, their quantized copy, fbgemm's packed copy) while the codes of a part are freed
+# as soon as they are copied. Every part costs a decode step a product call: measured 2026-12-03 on Gemma 3 270M's
+# 262144x640 output, parts of 2^26 / 2^25 / 2^24 weights took 24.2 / 24.2 / 25.0 ms a step, while loading it peaked
+# ~110 MiB above what the weights keep with 2^26 (Qwen2.5 0.5B's output: ~170 MiB).
+PACK_PART_WEIGHTS = 1 << 25
 
 
 def _fbgemm_pack_parts(tensors: tuple[QuantTensor, ...]) -> list:
     """fbgemm's packed copies of the weights' rows, stacked weights (q|k|v, gate|up) as one part when they fit in one."""
-    if len(tensors) > 1 and sum(t.shape[0] for t in tensors) * tensors[0].shape[1] <= PACK_PART_WEIGHTS:
-        codes, scales = zip(*(_requantize_int8(part) for part in tensors), strict=True)
-        return [_fbgemm_pack(torch.cat(codes), torch.cat(scales))]
-    packed = []
+    if sum(t.shape[0] for t in tensors) * tensors[0].shape[1] <= PACK_PART_WEIGHTS:
+        return [_fbgemm_pack([(t, slice(None)) for t in tensors])]
+    parts = []
     for tensor in tensors:
         rows, cols = tensor.shape
         step = max(1, PACK_PART_WEIGHTS // cols)
-        packed += [_fbgemm_pack(*_requantize_int8(tensor, slice(a, min(rows, a + step)))) for a in range(0, rows, step)]
-    return packed
+        parts += [_fbgemm_pack([(tensor, slice(a, min(rows, a + step)))]) for a in range(0, rows, step)]
+    return parts
 
 
-def _fbgemm_pack(codes: torch.Tensor, scale: torch.Tensor):
+def _fbgemm_pack(pieces: list[tuple[QuantTensor, slice]]):
+    """fbgemm's packed copy of these rows of one or several weights, one after the other."""
+    requantized = [_requantize_int8(tensor, rows) for tensor, rows in pieces]
+    codes, scale = (torch.cat(p) for p in zip(*requantized, strict=True)) if len(requantized) > 1 else requantized[0]
+    del requantized
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch deprecates quantized tensors; fbgemm's int8 GEMV is still the fastest here
         q = torch._make_per_channel_quantized_tensor(codes, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0)
+        del codes  # q holds its own copy
         packed = torch.ops.quantized.linear_prepack(q, None)
     # linear_prepack keeps `q` itself as the weight to unpack: give its bytes back (packed holds its own copy).
     q.untyped_storage().resize_(0)
-    del codes, q
+    del q
     release_free_heap()
     return packed
 

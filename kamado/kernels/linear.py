@@ -128,10 +128,16 @@ def _check_2d(tensor: QuantTensor) -> None:
 
 
 def embedding_rows(tensor: QuantTensor, ids: torch.Tensor) -> torch.Tensor:
-    """float32 rows of an embedding table for token ids (only those rows are read from the file)."""
+    """float32 rows of an embedding table for token ids (only those rows are read from the file).
+
+    The table's file pages are dropped again after the lookup: a read fault maps the whole page-cache folio around
+    the row (up to 2 MiB), so over a conversation the lookups would keep most of the table resident (Gemma 3 270M's:
+    170 MiB, ~0.7x its file) beside the weights' repacked copy."""
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= tensor.shape[0]):
         raise KernelError(f"token id out of range for {tensor.name} with {tensor.shape[0]} rows")
-    return tensor.dequantize(ids)
+    rows = tensor.dequantize(ids)
+    tensor.release_pages()
+    return rows
 
 
 def make_linear(tensor: QuantTensor, backend: str = "cpu"):

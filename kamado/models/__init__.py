@@ -56,6 +56,7 @@ def load_model(reader, backend: str = "cpu", n_ctx: int = 0, progress=None, n_gp
                 model = DecoderModel(cfg, ARCHITECTURES[name], reader.tensors, backend, supported, progress, offload)
     except ModelError as e:
         raise ModelError(f"{source}: {e}") from None
+    reader.release_pages()  # the kernels hold the weights they compute with; later reads fault their pages back in
     release_thread_pool()  # the engine's thread computes from now on (kamado/kernels/openmp.py)
     return model
 
