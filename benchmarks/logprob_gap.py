@@ -17,31 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kamado.engine import Engine, Request, SamplingParams, TokenEvent  # noqa: E402
+from kamado.engine import Engine  # noqa: E402
 from kamado.gguf.reader import GGUFReader  # noqa: E402
 from kamado.models import load_model  # noqa: E402
 from tests import realmodels  # noqa: E402
 
 MODELS = {"gemma": ("gemma3-270m", realmodels.gemma_path), "qwen": ("qwen25-coder-0.5b", realmodels.qwen_path)}
-
-
-def gaps(engine: Engine, records: list[dict]) -> tuple[list[float], float, int]:
-    """First-step gap per prompt, worst gap over the steps where the tokens agree, prompts with all 48 tokens equal."""
-    first, worst, same = [], 0.0, 0
-    for rec in records:
-        request = Request(rec["prompt_tokens"], SamplingParams(temperature=0, n_probs=5), len(rec["tokens"]), ignore_eos=True)
-        events = [e for e in engine.submit(request) if isinstance(e, TokenEvent)]
-        tokens = [e.token for e in events]
-        same += tokens == rec["tokens"]
-        for step, event in enumerate(events):
-            if tokens[: step + 1] != rec["tokens"][: step + 1]:
-                break
-            ours = dict(event.top)
-            gap = max([0.0] + [abs(ours[t] - lp) for t, lp in rec["top_logprobs"][step] if t in ours])
-            if step == 0:
-                first.append(gap)
-            worst = max(worst, gap)
-    return first, worst, same
 
 
 def main() -> None:
@@ -56,7 +37,7 @@ def main() -> None:
         folder, path = MODELS[name]
         records = json.loads((shared / f"reference/{folder}/llamacpp-greedy-tokenize.json").read_text())["greedy"]
         engine = Engine(load_model(GGUFReader(path()), args.backend), None, n_ctx=512, n_seq_max=1)
-        first, worst, same = gaps(engine, records)
+        first, worst, same = realmodels.greedy_gaps(engine, records)
         engine.close()
         print(f"| {name} | {args.backend} | {sum(first) / len(first):.4f} | {max(first):.4f} | {worst:.4f} | {same}/{len(records)} |")
 
