@@ -31,13 +31,13 @@ real decode step Qwen2.5 0.5B's 24 fused gate/up products took 20 ms through int
 fbgemm, while its down products (K = 4864, long rows that int8pack streams at ~17 GB/s) and Gemma 3
 270M's smaller weights gained nothing: fbgemm's fixed cost per call (~50 us with the activation
 passes) eats the difference. fbgemm with one 8-bit pass over the activations would be faster still but
-is ~40x less accurate than bf16 activations on rows with outlier channels, and fbgemm is about twice
+is ~40x less accurate than bf16 activations on rows with outlier channels, and fbgemm is up to twice
 as slow as bf16 AMX for prefill.
 
 Memory: each weight is held once (fbgemm's packed copy, int8pack's codes or the int4 codes with a bf16
 scale and offset per 32 values); the GGUF file's pages are released as soon as their rows are repacked
 (QuantTensor.release_pages), fbgemm's own reference to the codes it packed is emptied, and packing goes
-in row parts so that a load never holds more than a part twice.
+in row parts so that a load holds at most about three copies of one part (see PACK_PART_WEIGHTS).
 """
 
 
