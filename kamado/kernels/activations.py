@@ -39,14 +39,16 @@ def round_q8_0(x: torch.Tensor) -> torch.Tensor:
 
 
 def round_q8_k(x: torch.Tensor) -> torch.Tensor:
-    """dequantize(quantize_row_q8_K(x)) along the last axis (a multiple of 256)."""
+    """dequantize(quantize_row_q8_K(x)) along the last axis (a multiple of 256).
+
+    ggml takes iscale = -127 / peak with the peak's sign, q = round(iscale * x) and d = 1 / iscale; both signs give
+    the same q * d (rounding half to even is symmetric, and (-a) * (-b) == a * b), and no q passes 127, so this is
+    round(x * s) * (1 / s) with s = 127 / max|x| (a zero block stays zero: its max is lifted to 1e-30).
+    """
     blocks = x.float().reshape(*x.shape[:-1], -1, 256)
-    idx = blocks.abs().argmax(dim=-1, keepdim=True)
-    peak = blocks.gather(-1, idx)
-    iscale = torch.where(peak != 0, torch.full_like(peak, -127.0) / peak, torch.zeros_like(peak))  # a true division, as above
-    q = torch.round(blocks * iscale).clamp(max=127)
-    d = torch.where(peak != 0, 1.0 / iscale, torch.zeros_like(peak))
-    return (q * d).reshape(x.shape)
+    m = blocks.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    s = torch.full_like(m, 127.0) / m  # a true division, as ggml's (torch's 127.0 / m is 127 * reciprocal(m))
+    return (torch.round(blocks * s) * s.reciprocal()).reshape(x.shape)
 
 
 def _to(dtype):
