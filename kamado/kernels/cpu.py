@@ -48,7 +48,7 @@ import warnings
 import torch
 
 from kamado.gguf.constants import GGMLQuantizationType
-from kamado.kernels.activations import round_q8_k
+from kamado.kernels.activations import activation_rounding
 from kamado.kernels.heap import release_free_heap
 from kamado.kernels.linear import CHUNK_ELEMENTS, QuantTensor, ReferenceLinear, _check_2d
 from kamado.quants.kquants import q4_k_parts
@@ -67,14 +67,28 @@ def fbgemm_suits(out_features: int, in_features: int) -> bool:
     return weights >= FBGEMM_MIN_WEIGHTS or (weights >= FBGEMM_MIN_SHORT_ROW_WEIGHTS and in_features < SHORT_ROW)
 
 
+def _input_rounding(tensor: QuantTensor, logits: bool):
+    """How a product rounds its activations: as llama.cpp does for the weight type (kamado.kernels.activations), except
+    for the output projection (logits), which keeps the kernel's own activations.
+
+    Measured 2026-12-04 (perplexity of seed 001, -c 256, mean of 6 runs whose layer-0 norm weights were scaled by
+    1 + 1e-6 * noise, because a last-bit change anywhere moves Gemma 3 270M's figure by +-0.4% (sd) even on the exact
+    "ggml" backend): unrounded bf16 activations on the int8 products put Gemma at -0.69% of llama.cpp's (the missing
+    rounding noise lowers it), rounded layer products at +0.28% (Qwen2.5 0.5B +0.09% -> +0.23%), rounding the output's
+    input as well at +0.49%; the exact "ggml" backend gives -0.01% (Qwen +0.15%). docs/NUMERICS.md has the table."""
+    return (lambda x: x) if logits else activation_rounding(tensor.qtype)
+
+
 class Int8Linear:
-    def __init__(self, tensor: QuantTensor, *stacked: QuantTensor):
-        """`stacked`: further quantized weights read by the same input (fused_linear), computed in the same call."""
+    def __init__(self, tensor: QuantTensor, *stacked: QuantTensor, logits: bool = False):
+        """`stacked`: further quantized weights read by the same input (fused_linear), computed in the same call;
+        `logits`: this is the output projection (see _input_rounding)."""
         parts = (tensor, *stacked)
         for part in parts:
             _check_2d(part)
         self.tensor = tensor  # ReferenceLinear.rows' source: meaningful only unstacked (the output projection)
         self.out_features, self.in_features = sum(part.shape[0] for part in parts), tensor.shape[1]
+        self.round_input = _input_rounding(tensor, logits)
         self.float_weight = tensor.float_view()
         self.packed = None
         if self.float_weight is not None:
@@ -88,6 +102,7 @@ class Int8Linear:
             release_free_heap()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.round_input(x)
         if self.float_weight is not None:
             return x @ self.float_weight.float().T
         if self.packed is not None:
@@ -123,16 +138,18 @@ class Int4Linear:
     gaps to llama.cpp 0.32 -> 0.25 (Gemma 3 270M) and 0.35 -> 0.25 (Qwen2.5 0.5B) on average, perplexity -0.49% -> -0.31%
     and +0.18% -> +0.16% of llama.cpp's; with plain bf16 activations Gemma's went to -0.74% (float32 throughout: -1.08%)."""
 
-    def __init__(self, tensor: QuantTensor, *stacked: QuantTensor):
-        """`stacked`: further Q4_K weights read by the same input (fused_linear), their rows appended."""
+    def __init__(self, tensor: QuantTensor, *stacked: QuantTensor, logits: bool = False):
+        """`stacked`: further Q4_K weights read by the same input (fused_linear), their rows appended; `logits`: this
+        is the output projection (see _input_rounding)."""
         parts = (tensor, *stacked)
         self.out_features, self.in_features = sum(part.shape[0] for part in parts), tensor.shape[1]
+        self.round_input = _input_rounding(tensor, logits)
         packed, scale_offset = zip(*(_int4_pack(part, slice(a, b)) for part in parts for a, b in _int4_row_chunks(part)), strict=True)
         self.packed, self.scale_offset = torch.cat(packed), torch.cat(scale_offset, dim=1).contiguous()
         release_free_heap()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = round_q8_k(x).to(torch.bfloat16)
+        x = self.round_input(x).to(torch.bfloat16)
         return torch._weight_int4pack_mm_for_cpu(x, self.packed, INT4_GROUP, self.scale_offset).float()
 
 
@@ -163,10 +180,13 @@ def fused_linear(tensors: list[QuantTensor]) -> Int8Linear | Int4Linear | None:
 
     A decode step is dominated by the fixed cost of each small product (126 int8pack calls for Gemma 3 270M
     without fusion, 72 with it). Every row keeps its own scale, so the outputs equal the separate layers'.
-    None when a weight is float-typed (computed as stored), the input widths differ, or only some of the weights
-    would be int4 (each then keeps its own kernel).
+    None when a weight is float-typed (computed as stored), the input widths differ, the weights' types round the
+    activations differently (Q8_0 against Q8_K blocks), or only some of the weights would be int4 (each then keeps
+    its own kernel).
     """
     if any(t.float_view() is not None or len(t.shape) != 2 or t.shape[1] != tensors[0].shape[1] for t in tensors):
+        return None
+    if len({activation_rounding(t.qtype) for t in tensors}) > 1:
         return None
     int4 = [int4_suits(t) for t in tensors]
     if all(int4):
@@ -174,8 +194,8 @@ def fused_linear(tensors: list[QuantTensor]) -> Int8Linear | Int4Linear | None:
     return None if any(int4) else Int8Linear(*tensors)
 
 
-def make_cpu_linear(tensor: QuantTensor) -> Int8Linear | Int4Linear:
-    return Int4Linear(tensor) if int4_suits(tensor) else Int8Linear(tensor)
+def make_cpu_linear(tensor: QuantTensor, logits: bool = False) -> Int8Linear | Int4Linear:
+    return Int4Linear(tensor, logits=logits) if int4_suits(tensor) else Int8Linear(tensor, logits=logits)
 
 
 # Weights dequantized at once while repacking: dequantization and rounding hold several float32 copies of a chunk

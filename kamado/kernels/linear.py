@@ -144,18 +144,20 @@ def embedding_rows(tensor: QuantTensor, ids: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def make_linear(tensor: QuantTensor, backend: str = "cpu"):
+def make_linear(tensor: QuantTensor, backend: str = "cpu", logits: bool = False):
+    """`logits`: the output projection, which the cpu backend computes without llama.cpp's activation rounding
+    (kamado/kernels/cpu.py, _input_rounding, says why); the other backends compute it as any weight."""
     try:
         factory = BACKENDS[backend]
     except KeyError:
         raise KernelError(f"unknown kernel backend {backend!r}; available: {', '.join(BACKENDS)}") from None
-    return factory(tensor)
+    return _cpu(tensor, logits) if backend == "cpu" else factory(tensor)
 
 
-def _cpu(tensor: QuantTensor):
+def _cpu(tensor: QuantTensor, logits: bool = False):
     from kamado.kernels.cpu import make_cpu_linear
 
-    return make_cpu_linear(tensor)
+    return make_cpu_linear(tensor, logits)
 
 
 def _cuda(tensor: QuantTensor):

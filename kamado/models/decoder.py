@@ -189,7 +189,7 @@ class DecoderModel(torch.nn.Module):
         self.output_device = torch.device(offload.device if output_on_device else "cpu")
         self.output_norm = t.vector("output_norm.weight").to(self.output_device)
         out = t.get("output.weight", required=False) or self.token_embd  # tied embeddings
-        self.output = make_linear(out, offload.backend if output_on_device else backend)
+        self.output = make_linear(out, offload.backend if output_on_device else backend, logits=True)
         self.embed_scale = math.sqrt(cfg.n_embd) if arch.embed_scale else 1.0
         self._build_attention(t, exact_math=backend == EXACT_BACKEND)
 
