@@ -1,4 +1,4 @@
-"""Locate the real models and reference data the tests and benchmarks use (skip when absent)."""
+"""Locate the real models and reference data the tests and benchmarks use (skip when absent), and measure against it."""
 
 from __future__ import annotations
 
@@ -53,3 +53,26 @@ def qwen_path() -> Path:
         pytest.fail("the concatenated Qwen2.5 parts do not have the expected sha256")
     tmp.replace(out)
     return out
+
+
+def greedy_gaps(engine, records: list[dict]) -> tuple[list[float], float, int]:
+    """llama.cpp's greedy records (llamacpp-greedy-tokenize.json) through an engine: the largest |ours - llama.cpp| over
+    the recorded top-5 logprobs at each prompt's first step, the largest at any step while the tokens agree, and the
+    number of prompts whose generated tokens all agree."""
+    from kamado.engine import Request, SamplingParams, TokenEvent
+
+    first, worst, same = [], 0.0, 0
+    for rec in records:
+        request = Request(rec["prompt_tokens"], SamplingParams(temperature=0, n_probs=5), len(rec["tokens"]), ignore_eos=True)
+        events = [e for e in engine.submit(request) if isinstance(e, TokenEvent)]
+        tokens = [e.token for e in events]
+        same += tokens == rec["tokens"]
+        for step, event in enumerate(events):
+            if tokens[: step + 1] != rec["tokens"][: step + 1]:
+                break
+            ours = dict(event.top)
+            gap = max([0.0] + [abs(ours[t] - lp) for t, lp in rec["top_logprobs"][step] if t in ours])
+            if step == 0:
+                first.append(gap)
+            worst = max(worst, gap)
+    return first, worst, same

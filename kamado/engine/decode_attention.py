@@ -65,7 +65,8 @@ def attend_rows(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g
                     for cache in (k_cache, v_cache))
     qg = q.float().reshape(rows * n_kv, n_head // n_kv, head_dim)
     scores = torch.bmm(qg, keys.transpose(1, 2)).view(rows, n_kv, n_head // n_kv, width)
-    scores = torch.tanh(scores * (scale / softcap)) * softcap if softcap else scores * scale
-    probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
+    # in place on the fresh scores: the same arithmetic without a new tensor per step
+    scores = scores.mul_(scale / softcap).tanh_().mul_(softcap) if softcap else scores.mul_(scale)
+    probs = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1)
     out = torch.bmm(probs.view(rows * n_kv, n_head // n_kv, width), values)
     return out[: n * n_kv].reshape(n, n_head * head_dim_v)

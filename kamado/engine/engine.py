@@ -38,6 +38,7 @@ from kamado.engine.kv_cache import CacheFullError, PagedKVCache
 from kamado.engine.sampler import SampledToken, Sampler, SamplingParams, pick_rows
 from kamado.engine.stop import StopMatcher
 from kamado.kernels.cpu import DECODE_ROWS
+from kamado.kernels.heap import release_free_heap
 from kamado.kernels.openmp import release_thread_pool
 from kamado.models.blocks import attention
 
@@ -173,6 +174,7 @@ class Engine:
             with self._lock:
                 if not self._waiting and not self._running and not self._closed:
                     release_thread_pool()  # idle: another engine (bench -m A -m B, a server's models) may compute meanwhile
+                    release_free_heap()  # and this thread's malloc arena gives back the scratch memory of the requests
                 while not self._waiting and not self._running and not self._closed:
                     self._lock.wait()
                 if self._closed:

@@ -366,6 +366,12 @@ class GGUFReader:
             raise GGUFError(f"{self.path}: metadata general.architecture is missing")
         return arch
 
+    def release_pages(self) -> None:
+        """Drop the files' pages from this process's resident memory (a later read faults them back in from the page
+        cache): once a model's weights are repacked, nothing reads most of the file again."""
+        for shard in self.shards:
+            shard.mm.madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
         """Drop our references to the mmaps; they close once no tensor view uses them any more."""
         self.tensors = {}

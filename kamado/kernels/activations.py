@@ -27,26 +27,30 @@ if hasattr(T, "MXFP4"):
     Q8_0_WEIGHTS.add(T.MXFP4)
 
 
+# 127 / amax is divided as ggml divides it: `127.0 / t` is torch's reciprocal(t) * 127, an ulp off a quarter of the time,
+# which flips the rounding of some activations (docs/NUMERICS.md, 2026-12-03); a 0-dim tensor numerator is a true division.
+_127 = torch.tensor(127.0)
+
+
 def round_q8_0(x: torch.Tensor) -> torch.Tensor:
     """dequantize(quantize_row_q8_0(x)) along the last axis (a multiple of 32)."""
     blocks = x.float().reshape(*x.shape[:-1], -1, 32)
-    amax = blocks.abs().amax(dim=-1, keepdim=True)
-    d = (amax / 127.0).half().float()
-    # 127 / amax divided as ggml does (`127.0 / amax` is torch's reciprocal(amax) * 127: an ulp off a quarter of the
-    # time, which flips the rounding of some activations; docs/NUMERICS.md, 2026-12-03)
-    inv = torch.where(amax != 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
-    return (torch.round(blocks * inv) * d).reshape(x.shape)
+    # A block's max is lifted to 1e-30 so that a zero block divides by no zero: below ~3e-6 its fp16 d is 0 anyway.
+    amax = torch.amax(blocks.abs(), dim=-1, keepdim=True).clamp_min_(1e-30)
+    d = amax.div(127.0).half().float()
+    return torch.mul(blocks, torch.div(_127, amax)).round_().mul_(d).reshape(x.shape)
 
 
 def round_q8_k(x: torch.Tensor) -> torch.Tensor:
-    """dequantize(quantize_row_q8_K(x)) along the last axis (a multiple of 256)."""
+    """dequantize(quantize_row_q8_K(x)) along the last axis (a multiple of 256).
+
+    ggml takes iscale = -127 / peak with the peak's sign, q = round(iscale * x) and d = 1 / iscale; both signs give
+    the same q * d (rounding half to even is symmetric, and (-a) * (-b) == a * b), and no q passes 127, so this is
+    round(x * s) * (1 / s) with s = 127 / max|x| (a zero block stays zero: its max is lifted to 1e-30).
+    """
     blocks = x.float().reshape(*x.shape[:-1], -1, 256)
-    idx = blocks.abs().argmax(dim=-1, keepdim=True)
-    peak = blocks.gather(-1, idx)
-    iscale = torch.where(peak != 0, torch.full_like(peak, -127.0) / peak, torch.zeros_like(peak))  # a true division, as above
-    q = torch.round(blocks * iscale).clamp(max=127)
-    d = torch.where(peak != 0, 1.0 / iscale, torch.zeros_like(peak))
-    return (q * d).reshape(x.shape)
+    s = torch.div(_127, torch.amax(blocks.abs(), dim=-1, keepdim=True).clamp_min_(1e-30))
+    return torch.mul(blocks, s).round_().mul_(s.reciprocal_()).reshape(x.shape)
 
 
 def _to(dtype):

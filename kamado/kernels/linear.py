@@ -16,6 +16,8 @@ from kamado.quants import QuantError, dequantize_torch
 FLOAT_TYPES = {GGMLQuantizationType.F32: torch.float32, GGMLQuantizationType.F16: torch.float16, GGMLQuantizationType.BF16: torch.bfloat16}
 # Rows dequantized at once when a whole tensor is walked: bounds the float32 scratch memory (~16 MiB).
 CHUNK_ELEMENTS = 1 << 22
+# The largest page-cache folio a read fault of a file mapping maps at once (a PMD on x86-64).
+FOLIO = 2 << 20
 
 
 class KernelError(ValueError):
@@ -46,6 +48,8 @@ class QuantTensor:
 
         Pages of a file mapping that were read stay counted in the process's RSS until the kernel needs them
         back; a model whose weights are repacked would otherwise hold the file beside its repacked copy.
+        A read fault maps the whole page-cache folio around the page (up to FOLIO bytes, aligned), so the
+        range released reaches out to the enclosing folios: neighbours' pages refault when they are read.
         Only read-only file mappings are released (a later read simply faults the bytes in again); other
         memory (arrays built in memory) is left alone, since MADV_DONTNEED would zero it.
         """
@@ -54,8 +58,8 @@ class QuantTensor:
             return
         base = np.frombuffer(self.mapping, np.uint8, 1).ctypes.data
         start = raw.data_ptr() - base
-        stop = start + raw.numel()
-        first = start - start % mmap.PAGESIZE  # pages shared with a neighbour refault when it is read
+        first = start - start % FOLIO
+        stop = min(len(self.mapping), -(-(start + raw.numel()) // FOLIO) * FOLIO)
         self.mapping.madvise(mmap.MADV_DONTNEED, first, stop - first)
 
     def float_view(self) -> torch.Tensor | None:
@@ -128,24 +132,32 @@ def _check_2d(tensor: QuantTensor) -> None:
 
 
 def embedding_rows(tensor: QuantTensor, ids: torch.Tensor) -> torch.Tensor:
-    """float32 rows of an embedding table for token ids (only those rows are read from the file)."""
+    """float32 rows of an embedding table for token ids (only those rows are read from the file).
+
+    The table's file pages are dropped again after the lookup: a read fault maps the whole page-cache folio around
+    the row (up to 2 MiB), so over a conversation the lookups would keep most of the table resident (Gemma 3 270M's:
+    170 MiB, ~0.7x its file) beside the weights' repacked copy."""
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= tensor.shape[0]):
         raise KernelError(f"token id out of range for {tensor.name} with {tensor.shape[0]} rows")
-    return tensor.dequantize(ids)
+    rows = tensor.dequantize(ids)
+    tensor.release_pages()
+    return rows
 
 
-def make_linear(tensor: QuantTensor, backend: str = "cpu"):
+def make_linear(tensor: QuantTensor, backend: str = "cpu", logits: bool = False):
+    """`logits`: the output projection, which the cpu backend computes without llama.cpp's activation rounding
+    (kamado/kernels/cpu.py, _input_rounding, says why); the other backends compute it as any weight."""
     try:
         factory = BACKENDS[backend]
     except KeyError:
         raise KernelError(f"unknown kernel backend {backend!r}; available: {', '.join(BACKENDS)}") from None
-    return factory(tensor)
+    return _cpu(tensor, logits) if backend == "cpu" else factory(tensor)
 
 
-def _cpu(tensor: QuantTensor):
-    from kamado.kernels.cpu import Int8Linear
+def _cpu(tensor: QuantTensor, logits: bool = False):
+    from kamado.kernels.cpu import make_cpu_linear
 
-    return Int8Linear(tensor)
+    return make_cpu_linear(tensor, logits)
 
 
 def _cuda(tensor: QuantTensor):

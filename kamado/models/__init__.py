@@ -8,6 +8,7 @@ Encoders (BERT, kamado/models/bert.py) come back as their own module, which embe
 
 from __future__ import annotations
 
+from kamado.kernels.hugepages import huge_pages_for_new_memory
 from kamado.kernels.openmp import release_thread_pool
 from kamado.models import gemma2, gemma3, llama, phi3, qwen2, qwen3
 from kamado.models.bert import BertModel
@@ -47,13 +48,15 @@ def load_model(reader, backend: str = "cpu", n_ctx: int = 0, progress=None, n_gp
             raise ModelError(f"{name} model: tensor token_embd.weight is missing ({supported})")
         cfg = ModelConfig.from_metadata(meta, n_vocab=int(embd.shape[0]))
         cfg.extra["n_ctx"] = n_ctx or cfg.n_ctx_train
-        if name in ENCODERS:
-            model = ENCODERS[name](cfg, reader.tensors, backend, supported, progress)
-        else:
-            offload = offload_for(n_gpu_layers, cfg.n_layer)
-            model = DecoderModel(cfg, ARCHITECTURES[name], reader.tensors, backend, supported, progress, offload)
+        with huge_pages_for_new_memory():  # the repacked weights (kamado/kernels/hugepages.py)
+            if name in ENCODERS:
+                model = ENCODERS[name](cfg, reader.tensors, backend, supported, progress)
+            else:
+                offload = offload_for(n_gpu_layers, cfg.n_layer)
+                model = DecoderModel(cfg, ARCHITECTURES[name], reader.tensors, backend, supported, progress, offload)
     except ModelError as e:
         raise ModelError(f"{source}: {e}") from None
+    reader.release_pages()  # the kernels hold the weights they compute with; later reads fault their pages back in
     release_thread_pool()  # the engine's thread computes from now on (kamado/kernels/openmp.py)
     return model
 

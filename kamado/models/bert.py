@@ -59,7 +59,7 @@ class _Tensors:
         return self.vector(name) if name in self.tensors else None
 
     def vector(self, name: str) -> torch.Tensor:
-        return self.get(name).dequantize().reshape(-1)
+        return self.get(name).dequantize().reshape(-1).clone()  # a float tensor's dequantize is a view of the file
 
 
 class BertLayer:

@@ -22,10 +22,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
         return ops.rms_norm(x, weight, eps)
     # ggml: squares in float32 summed in double, mean and 1/sqrtf(mean + eps) in float32, then x * scale.
     # sqrtf is correctly rounded; torch's float32 sqrt is not always (~0.6% of values an ulp off: 10 of 2048 rows of
-    # Gemma's first norm), its double sqrt rounded to float32 is.
-    mean = (x.pow(2).double().sum(-1, keepdim=True) / x.shape[-1]).float()
-    y = x * (1.0 / torch.sqrt((mean + eps).double()).float())
-    return y if weight is None else y * weight
+    # Gemma's first norm), its double sqrt rounded to float32 is. In-place steps on the (rows, 1) temporaries: the same
+    # roundings in fewer torch calls (a decode step makes ~100 norms).
+    mean = torch.sum(x * x, -1, keepdim=True, dtype=torch.float64).div_(x.shape[-1]).float()
+    scale = mean.add_(eps).double().sqrt_().float().reciprocal_()
+    y = x * scale
+    return y if weight is None else y.mul_(weight)
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,25 +44,29 @@ _GELU_TABLE: torch.Tensor | None = None
 
 
 def _gelu_table() -> torch.Tensor:
-    """ggml's table: for every fp16 bit pattern h, fp16(gelu_tanh(h)) computed in float32 (GGML_GELU_FP16).
+    """ggml's table: for every fp16 bit pattern h, fp16(gelu_tanh(h)) computed in float32 (GGML_GELU_FP16), indexed by
+    the pattern as an unsigned number.
 
     As GCC compiles ggml_gelu_f32 (-ffp-contract=fast): 1 + 0.044715*x*x is one fused multiply-add, done here in
     double and rounded once; tanhf is taken as tanh in double rounded to float. Bit for bit glibc's table (all 65536
-    entries; float32 torch.tanh and an unfused sum left two entries an fp16 step apart).
+    entries; float32 torch.tanh and an unfused sum left two entries an fp16 step apart). Entries of h < -10 hold ggml's
+    0 for x <= -10 (such h come only from x < -10), so the lookup needs no test for that side; x in [-10.004, -10]
+    rounds to h = -10 and gets its entry (-1.2e-6) where ggml gives 0.
     """
     global _GELU_TABLE
     if _GELU_TABLE is None:
-        x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+        x = torch.arange(1 << 16, dtype=torch.int32).to(torch.uint16).view(torch.float16).float()
         cubic = ((torch.tensor(0.044715) * x).double() * x.double() + 1.0).float()
         inner = torch.tensor(math.sqrt(2.0 / math.pi), dtype=torch.float32) * x * cubic
-        _GELU_TABLE = (0.5 * x * (1.0 + torch.tanh(inner.double()).float())).half().float()
+        table = (0.5 * x * (1.0 + torch.tanh(inner.double()).float())).half().float()
+        _GELU_TABLE = torch.where(x < -10.0, 0.0, table)
     return _GELU_TABLE
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """ggml-cpu's GELU: x rounded to fp16 and looked up in the fp16 table; 0 below -10, x itself above 10."""
-    looked_up = _gelu_table()[x.half().view(torch.int16).long() & 0xFFFF]
-    return torch.where(x <= -10.0, torch.zeros_like(x), torch.where(x >= 10.0, x, looked_up))
+    looked_up = _gelu_table()[x.half().view(torch.uint16).int()]
+    return torch.where(x >= 10.0, x, looked_up)
 
 
 ACTIVATIONS = {"silu": F.silu, "gelu": gelu_tanh}
@@ -126,8 +132,10 @@ class Rope:
         """x: (T, heads, head_dim); rotates the first n_dims of each head (cos/sin from `cos_sin`)."""
         return self.rotate(x, *self.tables(cos, sin, x.shape[-1]))
 
-    def tables(self, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """cos_sin's half-width tables spread over whole heads, for `rotate`: (T, 1, head_dim) factors and a permutation.
+    def tables(self, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int]:
+        """cos_sin's half-width tables spread over whole heads, for `rotate`: (T, 1, head_dim) factors and each dimension's
+        partner, as an index tensor or, for NEOX pairs over the whole head, the shift torch.roll applies (a third of a
+        gather's time on a decode row).
 
         Pair (a, b) becomes (a*c - b*s, b*c + a*s), i.e. x*C + x[partner]*S with S = -s at a and +s at b: the same
         float32 products and sums as rotating pair by pair, in four torch calls for every head of q and k at once.
@@ -136,17 +144,20 @@ class Rope:
         n, half, device = self.spec.n_dims, self.spec.n_dims // 2, cos.device  # built on the device: a CUDA graph captures this
         first = torch.arange(half, device=device) if self.spec.neox else torch.arange(0, n, 2, device=device)  # a's index of each pair
         second = first + half if self.spec.neox else first + 1
-        partner = torch.arange(head_dim, device=device)
-        partner[first], partner[second] = second, first
         c_full = torch.ones(cos.shape[0], head_dim, dtype=cos.dtype, device=device)
         s_full = torch.zeros_like(c_full)
         c_full[:, first], c_full[:, second] = cos, cos
         s_full[:, first], s_full[:, second] = -sin, sin
+        if self.spec.neox and n == head_dim:
+            return c_full[:, None, :], s_full[:, None, :], half
+        partner = torch.arange(head_dim, device=device)
+        partner[first], partner[second] = second, first
         return c_full[:, None, :], s_full[:, None, :], partner
 
     @staticmethod
-    def rotate(x: torch.Tensor, c_full: torch.Tensor, s_full: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
-        return x * c_full + x.index_select(-1, partner) * s_full
+    def rotate(x: torch.Tensor, c_full: torch.Tensor, s_full: torch.Tensor, partner: torch.Tensor | int) -> torch.Tensor:
+        partnered = x.roll(partner, -1) if isinstance(partner, int) else x.index_select(-1, partner)
+        return x * c_full + partnered * s_full
 
 
 def _yarn_corr_dims(s: RopeSpec) -> tuple[float, float]:

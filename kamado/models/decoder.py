@@ -9,6 +9,7 @@ and devices in kamado.engine and the math here.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,6 +70,7 @@ AttendFn = Callable[[LayerAttention, torch.Tensor, torch.Tensor, torch.Tensor], 
 class _Tensors:
     def __init__(self, tensors: dict, arch: str, supported: str):
         self.tensors, self.arch, self.supported = tensors, arch, supported
+        self.mappings = set()  # the file mappings of the tensors handed out
 
     def get(self, name: str, required: bool = True) -> QuantTensor | None:
         info = self.tensors.get(name)
@@ -76,11 +78,23 @@ class _Tensors:
             if required:
                 raise ModelError(f"{self.arch} model: tensor {name} is missing ({self.supported})")
             return None
-        return QuantTensor.from_info(info)
+        tensor = QuantTensor.from_info(info)
+        if tensor.mapping is not None:
+            self.mappings.add(tensor.mapping)
+        return tensor
+
+    def release_pages(self) -> None:
+        """Drop the file pages that reading the weights mapped (repacked weights never read them again). Each tensor's
+        repacking releases its own rows, but a read maps the whole page-cache folio around it (up to 2 MiB), neighbours'
+        rows included: without this, a layer-by-layer load kept ~100 MiB of Gemma 3 270M's file resident at its peak."""
+        for mapping in self.mappings:
+            mapping.madvise(mmap.MADV_DONTNEED)
 
     def vector(self, name: str, required: bool = True) -> torch.Tensor | None:
+        """A norm, bias or factor vector, copied out of the file (a float tensor's dequantize is a view of the mapping,
+        which would keep the file's pages around it resident)."""
         t = self.get(name, required)
-        return None if t is None else t.dequantize().reshape(-1)
+        return None if t is None else t.dequantize().reshape(-1).clone()
 
 
 class Layer:
@@ -168,13 +182,14 @@ class DecoderModel(torch.nn.Module):
         for il in range(cfg.n_layer):
             on_device = il < offload.n_layers
             self.layers.append(Layer(il, cfg, arch, t, offload.backend if on_device else backend, offload.device if on_device else "cpu"))
+            t.release_pages()
             if progress:
                 progress(il + 1, cfg.n_layer)
         output_on_device = offload.n_layers >= cfg.n_layer
         self.output_device = torch.device(offload.device if output_on_device else "cpu")
         self.output_norm = t.vector("output_norm.weight").to(self.output_device)
         out = t.get("output.weight", required=False) or self.token_embd  # tied embeddings
-        self.output = make_linear(out, offload.backend if output_on_device else backend)
+        self.output = make_linear(out, offload.backend if output_on_device else backend, logits=True)
         self.embed_scale = math.sqrt(cfg.n_embd) if arch.embed_scale else 1.0
         self._build_attention(t, exact_math=backend == EXACT_BACKEND)
 

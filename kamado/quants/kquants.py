@@ -978,11 +978,22 @@ def _t_dequantize_q3_k(raw):
     return (dl * q.reshape(nb, 16, 16).float()).reshape(nb, QK_K)
 
 
-def _t_dequantize_q45_k(b, q):
+def _t_scales_mins_k4(b):
+    """Q4_K/Q5_K blocks (nb, bytes) -> float32 scale and min of each 32-value sub-block (nb, 8): value = scale * q - min."""
     sc, mn = _t_unpack_scale_min_k4(b[:, 4:16])
-    d = (_t_f16(b, 0)[:, None] * sc.float())[:, :, None]
-    m = (_t_f16(b, 2)[:, None] * mn.float())[:, :, None]
-    return (d * q.float() - m).reshape(len(b), QK_K)
+    return _t_f16(b, 0)[:, None] * sc.float(), _t_f16(b, 2)[:, None] * mn.float()
+
+
+def _t_dequantize_q45_k(b, q):
+    d, m = _t_scales_mins_k4(b)
+    return (d[:, :, None] * q.float() - m[:, :, None]).reshape(len(b), QK_K)
+
+
+def q4_k_parts(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_K blocks (uint8, ... x 144 bytes each) -> 4-bit codes (nb, 256) uint8 and each 32 codes' float32 scale and
+    min (nb, 8): the dequantized value is scale * code - min, as _t_dequantize_q4_k computes it."""
+    b = raw.reshape(-1, 144)
+    return (_t_nibbles(b[:, 16:], 32).reshape(len(b), QK_K), *_t_scales_mins_k4(b))
 
 
 def _t_dequantize_q4_k(raw):

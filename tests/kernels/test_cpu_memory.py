@@ -62,6 +62,7 @@ def test_memory_arrays_are_never_released():
 
 @linux_only
 def test_repacking_a_mapped_weight_releases_its_pages_and_computes_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu, "FBGEMM_MIN_SHORT_ROW_WEIGHTS", 1 << 30)  # int8pack, the path the warm-up below takes
     rows = 16384
     w, raw = q8_weights(rows)
     t = mapped_tensor(tmp_path, raw, rows, 256)

@@ -8,6 +8,7 @@ import torch
 
 from kamado.gguf.constants import GGMLQuantizationType as T
 from kamado.kernels import KernelError, QuantTensor, embedding_rows, make_linear
+from kamado.kernels.activations import activation_rounding
 from kamado.quants import dequantize, quantize
 
 
@@ -27,6 +28,18 @@ def test_cpu_backend_close_to_reference(qtype, m):
     torch.testing.assert_close(ref, exact, rtol=1e-5, atol=1e-5)
     out = make_linear(t, "cpu")(x)
     assert (out - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q5_0, T.Q4_K, T.Q6_K])
+@pytest.mark.parametrize("m", [1, 40])
+def test_layer_products_see_llamacpps_rounded_activations_the_output_does_not(qtype, m):
+    t, _ = tensor(qtype)
+    x = torch.randn(m, 256, generator=torch.Generator().manual_seed(3))
+    rounded = activation_rounding(qtype)(x)
+    assert not torch.equal(rounded, x)
+    layer, logits = make_linear(t, "cpu"), make_linear(t, "cpu", logits=True)
+    assert torch.equal(layer(x), layer(rounded))
+    assert not torch.equal(logits(x), logits(rounded))
 
 
 def test_decode_rows_do_not_depend_on_the_batch():
