@@ -135,8 +135,8 @@ class Int4Linear:
     1-2.6e-2 for int8 rows, on Gemma 3 270M and Qwen2.5 0.5B). The activations are rounded as llama.cpp rounds them for
     this product (Q8_K blocks, kamado.kernels.activations), so the result is llama.cpp's up to the bf16 rounding of
     activations, scales and outputs. Measured against the int8 path (benchmarks/logprob_gap.py): first-step top-5 logprob
-    gaps to llama.cpp 0.32 -> 0.25 (Gemma 3 270M) and 0.35 -> 0.25 (Qwen2.5 0.5B) on average, perplexity -0.49% -> -0.31%
-    and +0.18% -> +0.16% of llama.cpp's; with plain bf16 activations Gemma's went to -0.74% (float32 throughout: -1.08%)."""
+    gaps to llama.cpp 0.32 -> 0.25 (Gemma 3 270M) and 0.35 -> 0.25 (Qwen2.5 0.5B) on average. Perplexity of the whole
+    backend (every layer product rounded as llama.cpp rounds it): docs/NUMERICS.md, 2026-12-03 (cpu-decode)."""
 
     def __init__(self, tensor: QuantTensor, *stacked: QuantTensor, logits: bool = False):
         """`stacked`: further Q4_K weights read by the same input (fused_linear), their rows appended; `logits`: this
