@@ -65,10 +65,15 @@ static float dot_q4K(const uint8_t *w, const int8_t *q8, const float *yd, const 
     return hsum8(acc) + m;
 }
 
-// ggml_vec_dot_q6_K_q8_K, AVX2 branch
-static float dot_q6K(const uint8_t *w, const int8_t *q8, const float *yd, int nb) {
+// ggml_vec_dot_q6_K_q8_K, AVX2 branch (also what an AVX-512 build runs: there is no AVX-512 Q6_K kernel, and x86
+// has no Q6_K repack). The 6-bit quants enter the integer dot UNSIGNED (0..63, maddubs); the -32 offset is taken off
+// afterwards per lane: lane k (elements 4k..4k+3 of every 32-element chunk) subtracts 32*(bsums[2k]*sc[2k] +
+// bsums[2k+1]*sc[2k+1]), i.e. the offset of elements 32k..32k+31. The per-lane integers therefore differ from a
+// signed-quant lane split (same total), and so do the float roundings of acc[k] = fma(d, float(sumi[k]), acc[k]).
+// signed_lanes = 1: the earlier (wrong) transcription with q - 32 inside each lane.
+static float dot_q6K(const uint8_t *w, const int8_t *q8, const float *yd, const int16_t *bsums, int nb, int signed_lanes) {
     float acc[8] = {0};
-    for (int i = 0; i < nb; i++, w += 210, q8 += 256) {
+    for (int i = 0; i < nb; i++, w += 210, q8 += 256, bsums += 16) {
         const uint8_t *ql = w, *qh = w + 128;
         const int8_t *scales = (const int8_t *)(w + 192);
         const float d = yd[i] * h2f(w + 208);
@@ -79,12 +84,14 @@ static float dot_q6K(const uint8_t *w, const int8_t *q8, const float *yd, int nb
                     int low = (c & 1) ? ql[64 * j + 32 + e] : ql[64 * j + e];
                     low = (c >= 2) ? (low >> 4) : (low & 0xF);
                     int high = (qh[32 * j + e] >> (2 * c)) & 3;
-                    int q = (low | (high << 4)) - 32;
+                    int q = (low | (high << 4)) - (signed_lanes ? 32 : 0);
                     int s = scales[8 * j + 2 * c + (e >= 16)];
                     sumi[(e % 32) / 4] += s * q * q8[128 * j + 32 * c + e];
                 }
             }
         }
+        if (!signed_lanes)
+            for (int k = 0; k < 8; k++) sumi[k] -= 32 * (bsums[2 * k] * scales[2 * k] + bsums[2 * k + 1] * scales[2 * k + 1]);
         for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)sumi[k], acc[k]);
     }
     return hsum8(acc);
@@ -139,7 +146,7 @@ static float dot_q4K_2acc(const uint8_t *w, const int8_t *q8, const float *yd, i
     return variant == 2 ? acc : acc - accm;
 }
 
-// y (M, N) = x (M, K) @ W^T with W's raw rows (N, row_bytes); qtype 12 = Q4_K, 14 = Q6_K
+// y (M, N) = x (M, K) @ W^T with W's raw rows (N, row_bytes); qtype 12 = Q4_K, 14 = Q6_K (variant 1: signed lanes)
 void matmul_k(const float *x, const uint8_t *w, int M, int N, int K, int qtype, float *y, int variant) {
     int nb = K / 256;
     int8_t qs[8192]; float d[32]; int16_t bs[512];
@@ -148,7 +155,7 @@ void matmul_k(const float *x, const uint8_t *w, int M, int N, int K, int qtype, 
         quantize_q8K(x + (size_t)m * K, K, qs, d, bs);
         for (int n = 0; n < N; n++)
             y[(size_t)m * N + n] = qtype == 12 ? (variant ? dot_q4K_2acc(w + n * rb, qs, d, nb, variant) : dot_q4K(w + n * rb, qs, d, bs, nb))
-                                               : dot_q6K(w + n * rb, qs, d, nb);
+                                               : dot_q6K(w + n * rb, qs, d, bs, nb, variant);
     }
 }
 

@@ -26,7 +26,7 @@ def linear(name, x):
     if q == 12:
         return matmul_k(x, r, 12, 3)  # Q4_K: CPU_REPACK q4_K_8x8 GEMM
     if q == 14:
-        return matmul_k(x, r, 14, 0)  # Q6_K: ggml_vec_dot_q6_K_q8_K (AVX2)
+        return matmul_k(x, r, 14, 0)  # Q6_K: ggml_vec_dot_q6_K_q8_K (AVX2 lanes, unsigned quants)
     raise ValueError(t.qtype)
 
 
