@@ -85,6 +85,56 @@ def gemv_prefetch_kernel(x_ptr, y_ptr, N, K, qs, dm, sc, s_qs, s_dm, s_sc, BLOCK
     tl.store(y_ptr + rn, tl.sum(acc, axis=1), mask=rn < N)
 
 
+@triton.jit
+def gemv_persistent_kernel(x_ptr, y_ptr, N, K, qs, dm, sc, s_qs, s_dm, s_sc, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The same product with a persistent grid: each program walks row tiles pid, pid + grid, ... and the (tile, K step)
+    pairs form one loop, so the prefetch runs across tile boundaries and programs never end early."""
+    NCH: tl.constexpr = BLOCK_K // 64
+    pid, grid = tl.program_id(0), tl.num_programs(0)
+    steps = K // BLOCK_K
+    n_iter = tl.cdiv(tl.cdiv(N, BLOCK_N) - pid, grid) * steps
+    shifts = (tl.arange(0, 4) * 8)[None, None, None, :]
+    rows = tl.minimum(pid * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
+    w, a0, a1, a2, b0, b1, b2, dmin_d = _load_tile(qs, dm, sc, rows, s_qs, s_dm, s_sc, 0, NCH)
+    acc = tl.zeros([BLOCK_N, NCH], dtype=tl.float32)
+    for it in range(0, n_iter):
+        cur_words, c0, c1, c2, e0, e1, e2, cur_dm = w, a0, a1, a2, b0, b1, b2, dmin_d
+        k0 = (it % steps) * BLOCK_K
+        nxt = tl.minimum(it + 1, n_iter - 1)
+        next_rows = tl.minimum((pid + (nxt // steps) * grid) * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
+        w, a0, a1, a2, b0, b1, b2, dmin_d = _load_tile(qs, dm, sc, next_rows, s_qs, s_dm, s_sc, (nxt % steps) * BLOCK_K, NCH)
+        ch = k0 // 64 + tl.arange(0, NCH)
+        upper = ((ch % 4) * 2 >= 4)[None, :]
+        sc_lo, mn_lo = _scale_min(c0, c1, c2, upper)
+        sc_hi, mn_hi = _scale_min(e0, e1, e2, upper)
+        d = (cur_dm & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        dmin = (cur_dm >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        v = tl.arange(0, 32)[None, :]
+        x_lo = tl.load(x_ptr + (ch * 64)[:, None] + v)
+        x_hi = tl.load(x_ptr + (ch * 64 + 32)[:, None] + v)
+        q_lo = _exact_float(tl.reshape((cur_words[:, :, :, None] >> shifts) & 0xF, [BLOCK_N, NCH, 32]), 0)
+        q_hi = _exact_float(tl.reshape((cur_words[:, :, :, None] >> (shifts + 4)) & 0xF, [BLOCK_N, NCH, 32]), 0)
+        mins = mn_lo * tl.sum(x_lo, axis=1)[None, :] + mn_hi * tl.sum(x_hi, axis=1)[None, :]
+        acc += d * (sc_lo * tl.sum(q_lo * x_lo[None, :, :], axis=2) + sc_hi * tl.sum(q_hi * x_hi[None, :, :], axis=2)) - dmin * mins
+        if it % steps == steps - 1:
+            rn = (pid + (it // steps) * grid) * BLOCK_N + tl.arange(0, BLOCK_N)
+            tl.store(y_ptr + rn, tl.sum(acc, axis=1), mask=rn < N)
+            acc = tl.zeros([BLOCK_N, NCH], dtype=tl.float32)
+
+
+def gemv_persistent(lin: TritonLinear, x: torch.Tensor, block_n: int = 8, block_k: int = 512, warps: int = 4,
+                    per_sm: int = 8) -> torch.Tensor:  # fmt: skip
+    qs, dm, sc = lin.weight.planes
+    words, dm_words = qs.view(torch.int32), dm.view(torch.int32)
+    y = torch.empty(1, lin.out_features, dtype=torch.float32, device=x.device)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
+    grid = min(triton.cdiv(lin.out_features, block_n), sms * per_sm)
+    gemv_persistent_kernel[(grid,)](
+        x, y, lin.out_features, lin.in_features, words, dm_words, sc, words.stride(0), dm_words.stride(0), sc.stride(0),
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)  # fmt: skip
+    return y
+
+
 def gemv_prefetch(lin: TritonLinear, x: torch.Tensor, block_n: int = 8, block_k: int = 512, warps: int = 4) -> torch.Tensor:
     qs, dm, sc = lin.weight.planes
     words, dm_words = qs.view(torch.int32), dm.view(torch.int32)
@@ -102,19 +152,22 @@ def main() -> None:
     lin = TritonLinear(QuantTensor("w", Q.Q4_K, (rows, cols), raw), device=device)
     x = torch.randn(1, cols, device=device)
     ref = x.double() @ dequantize_torch(raw, Q.Q4_K).double().T
-    err = ((gemv_prefetch(lin, x).double() - ref).norm() / ref.norm()).item()
-    print(f"relative error against the float64 product: {err:.2e}")
+    for name, run in (("prefetch", gemv_prefetch), ("persistent", gemv_persistent)):
+        err = ((run(lin, x).double() - ref).norm() / ref.norm()).item()
+        print(f"{name}: relative error against the float64 product: {err:.2e}")
     if device == "cpu":
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import triton.testing
     from bench_gpu_kernels import ROTATE_BYTES, make_weight
 
-    print("| shape | production GEMV µs | " + " | ".join(f"prefetch {c} µs" for c in CONFIGS) + " |")
+    print("| shape | production GEMV µs | " + " | ".join(f"prefetch {c} µs" for c in CONFIGS)
+          + " | " + " | ".join(f"persistent {c} µs" for c in PERSISTENT) + " |")
     for rows, cols in ((14336, 4096), (4096, 14336), (4096, 4096), (128256, 4096)):
         lins = [make_weight(Q.Q4_K, rows, cols, seed=i) for i in range(max(1, ROTATE_BYTES // (rows * cols * 9 // 16)))]
         x = torch.randn(1, cols, device="cuda")
         runs = [partial(_production, lins, x)] + [partial(_prefetch, lins, x, config) for config in CONFIGS]
+        runs += [partial(_persistent, lins, x, config) for config in PERSISTENT]
         cells = [_graph_us(run, len(lins), triton.testing) for run in runs]
         print(f"| {rows}x{cols} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
 
@@ -127,7 +180,12 @@ def _prefetch(lins, x, config):
     return [gemv_prefetch(lin, x, *config) for lin in lins]
 
 
+def _persistent(lins, x, config):
+    return [gemv_persistent(lin, x, *config) for lin in lins]
+
+
 CONFIGS = [(8, 512, 4), (8, 256, 4), (16, 256, 4), (4, 512, 2), (8, 1024, 8)]
+PERSISTENT = [(8, 512, 4, 8), (8, 512, 4, 4), (16, 256, 4, 8), (4, 512, 2, 16)]  # (BLOCK_N, BLOCK_K, warps, programs per SM)
 
 
 def _graph_us(run, n: int, testing) -> float:
