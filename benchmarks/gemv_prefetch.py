@@ -6,6 +6,8 @@ tile (qs as int32 words, 2 KB for 8 rows x 512 values, 4 registers a thread) of 
 decoded: a register double buffer, by hand (Triton's own loop pipelining stages through shared memory and measured
 slower). Run on a CUDA machine:  python3 benchmarks/gemv_prefetch.py   (prints µs against the production kernel)
 Under TRITON_INTERPRET=1 it only checks the result on a small weight.
+Measured on the H200 (2026-12-03): both variants are exact and 2x slower than kernels.gemv_kernel (docs/GPU.md,
+session 4), probably through the word-to-nibble reshape, which Triton lowers through shared memory.
 """
 
 from __future__ import annotations
