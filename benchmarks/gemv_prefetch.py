@@ -57,11 +57,30 @@ def _scale_min(low, mid, high, upper):
 
 
 @triton.jit
+def _tile_product(x_ptr, k0, words, c0, c1, c2, e0, e1, e2, dmin_d, BLOCK_N: tl.constexpr, NCH: tl.constexpr):
+    """[R, NCH] partial sums of one raw tile (as _load_tile returns it) times x from column k0."""
+    ch = k0 // 64 + tl.arange(0, NCH)
+    upper = ((ch % 4) * 2 >= 4)[None, :]
+    sc_lo, mn_lo = _scale_min(c0, c1, c2, upper)
+    sc_hi, mn_hi = _scale_min(e0, e1, e2, upper)
+    d = (dmin_d & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    dmin = (dmin_d >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    v = tl.arange(0, 32)[None, :]
+    x_lo = tl.load(x_ptr + (ch * 64)[:, None] + v)  # [NCH, 32]: values 4 * word + byte of the low nibbles
+    x_hi = tl.load(x_ptr + (ch * 64 + 32)[:, None] + v)
+    shifts = (tl.arange(0, 4) * 8)[None, None, None, :]
+    q_lo = _exact_float(tl.reshape((words[:, :, :, None] >> shifts) & 0xF, [BLOCK_N, NCH, 32]), 0)
+    q_hi = _exact_float(tl.reshape((words[:, :, :, None] >> (shifts + 4)) & 0xF, [BLOCK_N, NCH, 32]), 0)
+    dots = sc_lo * tl.sum(q_lo * x_lo[None, :, :], axis=2) + sc_hi * tl.sum(q_hi * x_hi[None, :, :], axis=2)
+    mins = mn_lo * tl.sum(x_lo, axis=1)[None, :] + mn_hi * tl.sum(x_hi, axis=1)[None, :]
+    return d * dots - dmin * mins
+
+
+@triton.jit
 def gemv_prefetch_kernel(x_ptr, y_ptr, N, K, qs, dm, sc, s_qs, s_dm, s_sc, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     NCH: tl.constexpr = BLOCK_K // 64
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(rn, N - 1)
-    shifts = (tl.arange(0, 4) * 8)[None, None, None, :]
     acc = tl.zeros([BLOCK_N, NCH], dtype=tl.float32)
     # the tile's eight parts as separate loop-carried tensors (the double buffer)
     w, a0, a1, a2, b0, b1, b2, dmin_d = _load_tile(qs, dm, sc, rows, s_qs, s_dm, s_sc, 0, NCH)
@@ -69,21 +88,7 @@ def gemv_prefetch_kernel(x_ptr, y_ptr, N, K, qs, dm, sc, s_qs, s_dm, s_sc, BLOCK
         cur_words, c0, c1, c2, e0, e1, e2, cur_dm = w, a0, a1, a2, b0, b1, b2, dmin_d
         nxt = tl.minimum(k0 + BLOCK_K, K - BLOCK_K)  # the last step reloads its own tile (never used)
         w, a0, a1, a2, b0, b1, b2, dmin_d = _load_tile(qs, dm, sc, rows, s_qs, s_dm, s_sc, nxt, NCH)
-        ch = k0 // 64 + tl.arange(0, NCH)
-        upper = ((ch % 4) * 2 >= 4)[None, :]
-        sc_lo, mn_lo = _scale_min(c0, c1, c2, upper)
-        sc_hi, mn_hi = _scale_min(e0, e1, e2, upper)
-        d = (cur_dm & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        dmin = (cur_dm >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        v = tl.arange(0, 32)[None, :]
-        x_lo = tl.load(x_ptr + (ch * 64)[:, None] + v)  # [NCH, 32]: values 4 * word + byte of the low nibbles
-        x_hi = tl.load(x_ptr + (ch * 64 + 32)[:, None] + v)
-        q_lo = _exact_float(tl.reshape((cur_words[:, :, :, None] >> shifts) & 0xF, [BLOCK_N, NCH, 32]), 0)
-        q_hi = _exact_float(tl.reshape((cur_words[:, :, :, None] >> (shifts + 4)) & 0xF, [BLOCK_N, NCH, 32]), 0)
-        dot_lo = tl.sum(q_lo * x_lo[None, :, :], axis=2)
-        dot_hi = tl.sum(q_hi * x_hi[None, :, :], axis=2)
-        mins = mn_lo * tl.sum(x_lo, axis=1)[None, :] + mn_hi * tl.sum(x_hi, axis=1)[None, :]
-        acc += d * (sc_lo * dot_lo + sc_hi * dot_hi) - dmin * mins
+        acc += _tile_product(x_ptr, k0, cur_words, c0, c1, c2, e0, e1, e2, cur_dm, BLOCK_N, NCH)
     tl.store(y_ptr + rn, tl.sum(acc, axis=1), mask=rn < N)
 
 
@@ -95,7 +100,6 @@ def gemv_persistent_kernel(x_ptr, y_ptr, N, K, qs, dm, sc, s_qs, s_dm, s_sc, BLO
     pid, grid = tl.program_id(0), tl.num_programs(0)
     steps = K // BLOCK_K
     n_iter = tl.cdiv(tl.cdiv(N, BLOCK_N) - pid, grid) * steps
-    shifts = (tl.arange(0, 4) * 8)[None, None, None, :]
     rows = tl.minimum(pid * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
     w, a0, a1, a2, b0, b1, b2, dmin_d = _load_tile(qs, dm, sc, rows, s_qs, s_dm, s_sc, 0, NCH)
     acc = tl.zeros([BLOCK_N, NCH], dtype=tl.float32)
@@ -105,19 +109,7 @@ def gemv_persistent_kernel(x_ptr, y_ptr, N, K, qs, dm, sc, s_qs, s_dm, s_sc, BLO
         nxt = tl.minimum(it + 1, n_iter - 1)
         next_rows = tl.minimum((pid + (nxt // steps) * grid) * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
         w, a0, a1, a2, b0, b1, b2, dmin_d = _load_tile(qs, dm, sc, next_rows, s_qs, s_dm, s_sc, (nxt % steps) * BLOCK_K, NCH)
-        ch = k0 // 64 + tl.arange(0, NCH)
-        upper = ((ch % 4) * 2 >= 4)[None, :]
-        sc_lo, mn_lo = _scale_min(c0, c1, c2, upper)
-        sc_hi, mn_hi = _scale_min(e0, e1, e2, upper)
-        d = (cur_dm & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        dmin = (cur_dm >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        v = tl.arange(0, 32)[None, :]
-        x_lo = tl.load(x_ptr + (ch * 64)[:, None] + v)
-        x_hi = tl.load(x_ptr + (ch * 64 + 32)[:, None] + v)
-        q_lo = _exact_float(tl.reshape((cur_words[:, :, :, None] >> shifts) & 0xF, [BLOCK_N, NCH, 32]), 0)
-        q_hi = _exact_float(tl.reshape((cur_words[:, :, :, None] >> (shifts + 4)) & 0xF, [BLOCK_N, NCH, 32]), 0)
-        mins = mn_lo * tl.sum(x_lo, axis=1)[None, :] + mn_hi * tl.sum(x_hi, axis=1)[None, :]
-        acc += d * (sc_lo * tl.sum(q_lo * x_lo[None, :, :], axis=2) + sc_hi * tl.sum(q_hi * x_hi[None, :, :], axis=2)) - dmin * mins
+        acc += _tile_product(x_ptr, k0, cur_words, c0, c1, c2, e0, e1, e2, cur_dm, BLOCK_N, NCH)
         if it % steps == steps - 1:
             rn = (pid + (it // steps) * grid) * BLOCK_N + tl.arange(0, BLOCK_N)
             tl.store(y_ptr + rn, tl.sum(acc, axis=1), mask=rn < N)
