@@ -3,7 +3,6 @@ Each op is fed llama.cpp's own dumped input, so every line says whether that one
 usage: python3 compare_dump.py DUMP.npz N_LAYERS   (the dump's batches in order: prompt batches, then decode steps)"""
 import sys
 
-import layer0 as L
 import numpy as np
 from emu import fa_onechunk, fa_tiled, gelu_table, matmul_k, matmul_legacy, rms_norm_rows, rope_neox, rope_thetas, sincos
 
@@ -11,8 +10,8 @@ H, D = 4, 256
 GELU = gelu_table(1)
 
 
-def linear(name, x):
-    t = L.tensor(name)
+def linear(t, x):
+    """x (M, K) times the QuantTensor t's rows, in the order of the kernel llama.cpp runs for this type and M."""
     r = np.asarray(t.raw.numpy()).reshape(t.shape[0], -1)
     q = int(t.qtype)
     if q in (2, 6, 8):
@@ -39,6 +38,7 @@ def rows(d, batch, name):
 
 
 def main():
+    import layer0 as L  # loads Gemma 3 270M; compare_qwen.py imports the helpers above without it
     d = np.load(sys.argv[1])
     n_layers = int(sys.argv[2])
     batches = sorted({k.split("/")[0] for k in d.keys()}, key=lambda b: int(b[1:]))
@@ -57,7 +57,7 @@ def main():
             h = g(f"attn_norm-{il}")
             # Qcur/Kcur are not materialised (ggml-cpu fuses the matmul's consumer), so Q and K are checked
             # through their RMS norm
-            (q, how), (k, _), (v, _) = (linear(p + f"attn_{n}.weight", h) for n in "qkv")
+            (q, how), (k, _), (v, _) = (linear(L.tensor(p + f"attn_{n}.weight"), h) for n in "qkv")
             check(f"Vcur ({how})", v, g(f"Vcur-{il}"))
             qn = rms_norm_rows(q.reshape(T, H, D), L.vec(p + "attn_q_norm.weight"), L.EPS)
             check("Qcur_normed (our Q product)", qn, g(f"Qcur_normed-{il}"))
@@ -75,7 +75,7 @@ def main():
             fa, opts = (fa_tiled, 0) if T >= 64 else (fa_onechunk, 1)
             att = np.concatenate([fa(qr[:, hh], K, V, 1.0, opts) for hh in range(H)], axis=1)
             check(f"kqv_out ({fa.__name__})", att, g(f"kqv_out-{il}"))
-            o, how = linear(p + "attn_output.weight", g(f"kqv_out-{il}"))
+            o, how = linear(L.tensor(p + "attn_output.weight"), g(f"kqv_out-{il}"))
             n_out = g(f"attn_post_norm-{il}").shape[0]  # last layer: only the output row is kept after attention
             o, x = o[-n_out:], x[-n_out:]
             check(f"attn_post_norm (attn_output {how})", rms_norm_rows(o, L.vec(p + "post_attention_norm.weight"), L.EPS),
@@ -84,19 +84,19 @@ def main():
             h2 = g(f"ffn_norm-{il}")
             check("ffn_norm", rms_norm_rows(g(f"sa_out-{il}"), L.vec(p + "ffn_norm.weight"), L.EPS), h2)
             for n in ("gate", "up"):
-                y, how = linear(p + f"ffn_{n}.weight", h2)
+                y, how = linear(L.tensor(p + f"ffn_{n}.weight"), h2)
                 check(f"ffn_{n} ({how})", y, g(f"ffn_{n}-{il}"))
             gt, u = g(f"ffn_gate-{il}"), g(f"ffn_up-{il}")
             gl = GELU[gt.astype(np.float16).view(np.uint16).astype(np.int64)]
             act = np.where(gt <= -10, np.float32(0), np.where(gt >= 10, gt * u, gl * u)).astype(np.float32)
             check("ffn_geglu", act, g(f"ffn_geglu-{il}"))
-            y, how = linear(p + "ffn_down.weight", g(f"ffn_geglu-{il}"))
+            y, how = linear(L.tensor(p + "ffn_down.weight"), g(f"ffn_geglu-{il}"))
             check(f"ffn_out ({how})", y, g(f"ffn_out-{il}"))
             check("ffn_post_norm", rms_norm_rows(g(f"ffn_out-{il}"), L.vec(p + "post_ffw_norm.weight"), L.EPS),
                   g(f"ffn_post_norm-{il}"))
         out_norm = rms_norm_rows(g(f"l_out-{n_layers - 1}"), L.vec("output_norm.weight"), L.EPS)
         if n_layers == 18 and check("result_norm", out_norm, g("result_norm")):
-            logits, how = linear("token_embd.weight", g("result_norm"))  # tied output head, Q8_0
+            logits, how = linear(L.tensor("token_embd.weight"), g("result_norm"))  # tied output head, Q8_0
             check(f"result_output ({how})", logits, g("result_output"))
         pos0 += T
 

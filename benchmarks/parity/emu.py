@@ -52,6 +52,17 @@ def v_expf(x, variant=0):
     return y
 
 
+_lib.swiglu.argtypes = [_f, _f, _f, ctypes.c_int]
+
+
+def swiglu(x, g):
+    """ggml_vec_swiglu_f32 (AVX-512): silu through ggml_v_expf, then times g."""
+    x, g = c32(x), c32(g)
+    y = np.empty_like(x)
+    _lib.swiglu(x.reshape(-1), g.reshape(-1), y.reshape(-1), x.size)
+    return y
+
+
 def rope_thetas(n_pos, n_dims, base):
     """ggml_rope_cache_init: theta = p, then theta *= theta_scale per pair, float32; theta_scale = powf(base, -2/n_dims)."""
     ts = np.float32(libm.powf(base, -2.0 / n_dims))

@@ -13,11 +13,12 @@ static float v_expf(float x, int variant) {
     const float n = z - r;
     const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
     const float u = b * b;
-    if (fabsf(n) > 126) return expf(x);  // not reached in the probe's range (checked by the caller's values)
+    if (variant == 0 && fabsf(n) > 192) return n <= 0 ? 0.0f : INFINITY;  // ggml's blend outside the scalef range
+    if (variant == 1 && fabsf(n) > 126) return expf(x);  // 2^n not representable (not reached in the probe)
     const float p = fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f));
     if (variant == 0) {
         const float j = fmaf(p, u, fmaf(0x1.ffffecp-1f, b, 1.0f));
-        return ldexpf(j, (int)n);
+        return ldexpf(j, (int)n);  // _mm512_scalef_ps: one rounding, also for subnormal results
     } else {
         const float j = fmaf(p, u, 0x1.ffffecp-1f * b);
         const float k = ldexpf(1.0f, (int)n);
@@ -27,6 +28,11 @@ static float v_expf(float x, int variant) {
 
 void v_expf_array(const float *x, float *y, int n, int variant) {
     for (int i = 0; i < n; i++) y[i] = v_expf(x[i], variant);
+}
+
+// ggml_vec_swiglu_f32 on AVX-512 (16 lanes; n % 16 == 0 here): y = x / (1 + v_expf(0 - x)) * g, each step rounded.
+void swiglu(const float *x, const float *g, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = x[i] / (1.0f + v_expf(0.0f - x[i], 0)) * g[i];
 }
 
 // _mm512_reduce_add_ps as GCC implements it: halves 8+8, 4+4, then (0+2),(1+3), then the two.

@@ -9,7 +9,8 @@ and the ctypes bindings of the llama-cpp-python sdist it came from (its `llama_c
 
 Tokens are evaluated as consecutive batches of the given sizes (llama-server evaluates a Gemma 3 prompt as
 (n - 4) + 4 tokens), then --decode greedy steps of one token. Tensor k of batch b is saved as "b{b}/{name}"
-(names repeat across layers with the layer suffix llama.cpp gives them, e.g. "attn_norm-0")."""
+(names repeat across layers with the layer suffix llama.cpp gives them, e.g. "attn_norm-0"; a name given again
+within a batch keeps its last tensor, the earlier ones become "name#0", "name#1", ...)."""
 import argparse
 import ctypes
 import os
@@ -55,7 +56,10 @@ def main():
         if contiguous and t.data:
             n = ne[0] * ne[1] * ne[2] * ne[3]
             arr = np.ctypeslib.as_array((ctypes.c_float * n).from_address(t.data)).copy()
-            dumped[f"b{batch_no[0]}/{t.name.decode()}"] = arr.reshape(ne[::-1])
+            key = f"b{batch_no[0]}/{t.name.decode()}"
+            if key in dumped:  # a name given twice (Qwen's "Qcur" after the product, the bias, RoPE): keep each
+                dumped[f"{key}#{sum(k.startswith(key + '#') for k in dumped)}"] = dumped[key]
+            dumped[key] = arr.reshape(ne[::-1])
         return True
 
     quiet = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(lambda *_: None)
