@@ -1,14 +1,19 @@
 """Op-by-op check of the harness against tensors dumped from llama.cpp (llamacpp_dump.py), Qwen2 graph
 (Qwen2.5-Coder-0.5B-Instruct Q4_K_M): q/k/v products with biases, NEOX RoPE, GQA one-row attention, SwiGLU.
-usage: python3 compare_qwen.py MODEL.gguf DUMP.npz   (the dump's batches in order: prompt batches, then decode steps)"""
+usage: python3 compare_qwen.py MODEL.gguf DUMP.npz   (the dump's batches in order: prompt batches, then decode steps;
+a batch dumped with only its K/V (llamacpp_dump.py --prompt-keep '^[KV]cur-') just fills the KV cache)"""
 import sys
 
 import numpy as np
 from compare_dump import check, linear, rows
-from emu import fa_onechunk, fa_tiled, rms_norm_rows, rope_neox, rope_thetas, sincos, swiglu
+from emu import fa_onechunk, fa_splitkv, fa_tiled, rms_norm_rows, rope_neox, rope_thetas, sincos, swiglu
 
 from kamado.gguf import GGUFReader
 from kamado.kernels import QuantTensor
+
+
+def f16(a):
+    return a.astype(np.float16).astype(np.float32)
 
 
 def main():
@@ -38,6 +43,13 @@ def main():
             """The (unnamed) tensor the graph computes right after `name`."""
             return d[keys[keys.index(name) + 1]]
 
+        if f"{b}/embd" not in d:
+            for il in range(n_layers):
+                cache[il][0].append(f16(g(f"Kcur-{il}").reshape(-1, HKV, D)))
+                cache[il][1].append(f16(g(f"Vcur-{il}").reshape(-1, HKV, D)))
+            pos0 += len(cache[0][0][-1])
+            print(f"{b}: K/V only, positions ..{pos0 - 1}")
+            continue
         T = g("embd").shape[0]
         print(f"{b}: {T} rows, positions {pos0}..{pos0 + T - 1}")
         results = []
@@ -58,14 +70,21 @@ def main():
             kr = rope_neox(g(f"Kcur-{il}#1").reshape(T, HKV, D), cs[pos0:], 1)
             results.append(check("Qcur rope", qr, g(f"Qcur-{il}")))
             results.append(check("Kcur rope", kr, g(f"Kcur-{il}")))
-            cache[il][0].append(g(f"Kcur-{il}").reshape(T, HKV, D).astype(np.float16).astype(np.float32))
-            cache[il][1].append(g(f"Vcur-{il}").reshape(T, HKV, D).astype(np.float16).astype(np.float32))
+            cache[il][0].append(f16(g(f"Kcur-{il}").reshape(T, HKV, D)))
+            cache[il][1].append(f16(g(f"Vcur-{il}").reshape(T, HKV, D)))
             K, V = np.concatenate(cache[il][0]), np.concatenate(cache[il][1])
-            fa, opts = (fa_tiled, 0) if T >= 64 else (fa_onechunk, 1)
-            q = g(f"Qcur-{il}").reshape(T, H, D)
-            att = np.concatenate([fa(q[:, hh], K[:, hh // (H // HKV)], V[:, hh // (H // HKV)], np.float32(1 / np.sqrt(D)),
-                                     opts) for hh in range(H)], axis=1)
-            results.append(check(f"kqv_out ({fa.__name__}, GQA)", att, g(f"kqv_out-{il}")))
+            q, scale = g(f"Qcur-{il}").reshape(T, H, D), np.float32(1 / np.sqrt(D))
+            n_kv = max(256, -(-(pos0 + T) // 256) * 256)  # the KV view: used cells padded to 256
+            if T == 1 and n_kv >= 512:  # split-KV over the 2 threads; the reduce's a*b + c*d contracted as fmaf(a, b, c*d)
+                name = "fa_splitkv"
+                att = np.concatenate([fa_splitkv(q[0, hh], K[:, hh // (H // HKV)], V[:, hh // (H // HKV)], n_kv, 2, scale,
+                                                 1 | 4) for hh in range(H)])
+            else:  # >= 64 query rows: tiled kernel; fewer: the one-row kernel (S = S*ms + vs contracted)
+                fa, opts = (fa_tiled, 0) if T >= 64 else (fa_onechunk, 1)
+                name = fa.__name__
+                att = np.concatenate([fa(q[:, hh], K[:, hh // (H // HKV)], V[:, hh // (H // HKV)], scale, opts)
+                                      for hh in range(H)], axis=1)
+            results.append(check(f"kqv_out ({name}, GQA)", att, g(f"kqv_out-{il}")))
             o, how = linear(tensor(p + "attn_output.weight"), g(f"kqv_out-{il}"))
             results.append(check(f"attn_output ({how})", o, after(f"{b}/kqv_out-{il}")))
             n_out = g(f"ffn_inp-{il}").shape[0]  # last layer: only the output row is kept after attention

@@ -107,6 +107,20 @@ def fa_onechunk(q, k, v, scale=1.0, opts=0):
     kpos = np.arange(S, dtype=np.int32)
     _lib.fa_onechunk(c32(q), c32(k), c32(v), qpos, kpos, T, S, q.shape[1], v.shape[1], scale, out, opts)
     return out
+_lib.fa_splitkv.argtypes = [_f, _i, _f, _f, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                            ctypes.c_int, ctypes.c_float, _f, ctypes.c_int]
+
+
+def fa_splitkv(q, k, v, n_kv, nth=2, scale=1.0, opts=0):
+    """One decode row q (DK,) over k (S, DK), v (S, DV) (positions 0..S-1, the row at S-1) as ggml's split-KV path
+    runs it for a KV view of n_kv cells on nth threads."""
+    out = np.zeros(v.shape[1], np.float32)
+    kpos = np.arange(k.shape[0], dtype=np.int32)
+    _lib.fa_splitkv(c32(q), kpos, c32(k), c32(v), k.shape[0] - 1, k.shape[0], n_kv, nth, q.shape[0], v.shape[1],
+                    scale, out, opts)
+    return out
+
+
 _k = ctypes.CDLL(os.path.join(os.path.dirname(__file__), "kquants.so"))
 _u8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 _u16 = np.ctypeslib.ndpointer(np.uint16, flags="C_CONTIGUOUS")

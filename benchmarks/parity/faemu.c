@@ -204,35 +204,70 @@ static float dot_f16_avx512(const float *x, const float *y, int n) {
     return (float)(double)reduce16(acc[0]);
 }
 
-// ggml-cpu's one-row flash attention (ggml_compute_forward_flash_attn_ext_f16_one_chunk) for F16 K/V.
+// ggml-cpu's one-row flash attention (ggml_compute_forward_flash_attn_ext_f16_one_chunk) for F16 K/V, one query
+// row qh (fp16-rounded) over the cells j0..j1-1: running max M, sum S and the V accumulator acc (not yet divided).
 // opts bit0: S = S*ms + vs contracted to fmaf; bit1: keep the V accumulator in float (not fp16)
+static void onechunk_row(const float *qh, const float *K, const float *V, const int *kpos, int qp, int j0, int j1,
+                         int DK, int DV, float scale, int opts, float *Mp, float *Sp, float *acc) {
+    float M = -INFINITY, S = 0.0f;
+    for (int d = 0; d < DV; d++) acc[d] = 0.0f;
+    for (int j = j0; j < j1; j++) {
+        if (kpos[j] > qp) continue;
+        float s = dot_f16_avx512(K + (size_t)j * DK, qh, DK);
+        s = s * scale;
+        s += 0.0f;
+        float Mold = M, ms = 1.0f, vs = 1.0f;
+        if (s > M) {
+            M = s;
+            ms = expf(Mold - M);
+            for (int d = 0; d < DV; d++) acc[d] = (opts & 2) ? acc[d] * ms : f16r(acc[d] * ms);
+        } else {
+            vs = expf(s - M);
+        }
+        for (int d = 0; d < DV; d++) {
+            float r = fmaf(V[(size_t)j * DV + d], vs, acc[d]);
+            acc[d] = (opts & 2) ? r : f16r(r);
+        }
+        S = (opts & 1) ? fmaf(S, ms, vs) : S * ms + vs;
+    }
+    *Mp = M;
+    *Sp = S;
+}
+
 void fa_onechunk(const float *Q, const float *K, const float *V, const int *qpos, const int *kpos,
                  int nq, int nk, int DK, int DV, float scale, float *out, int opts) {
-    float qh[512], acc[512];
+    float qh[512], acc[512], M, S;
     for (int t = 0; t < nq; t++) {
         for (int d = 0; d < DK; d++) qh[d] = f16r(Q[(size_t)t * DK + d]);
-        for (int d = 0; d < DV; d++) acc[d] = 0.0f;
-        float M = -INFINITY, S = 0.0f;
-        for (int j = 0; j < nk; j++) {
-            if (kpos[j] > qpos[t]) continue;
-            float s = dot_f16_avx512(K + (size_t)j * DK, qh, DK);
-            s = s * scale;
-            s += 0.0f;
-            float Mold = M, ms = 1.0f, vs = 1.0f;
-            if (s > M) {
-                M = s;
-                ms = expf(Mold - M);
-                for (int d = 0; d < DV; d++) acc[d] = (opts & 2) ? acc[d] * ms : f16r(acc[d] * ms);
-            } else {
-                vs = expf(s - M);
-            }
-            for (int d = 0; d < DV; d++) {
-                float r = fmaf(V[(size_t)j * DV + d], vs, acc[d]);
-                acc[d] = (opts & 2) ? r : f16r(r);
-            }
-            S = (opts & 1) ? fmaf(S, ms, vs) : S * ms + vs;
-        }
+        onechunk_row(qh, K, V, kpos, qpos[t], 0, nk, DK, DV, scale, opts, &M, &S, acc);
         float inv = S == 0.0f ? 0.0f : 1.0f / S;
         for (int d = 0; d < DV; d++) out[(size_t)t * DV + d] = acc[d] * inv;
     }
+}
+
+// The split-KV path (one query row, >= 512 cells in the KV view): the n_kv cells are cut into nth chunks of
+// ceil(n_kv / nth), each runs the one-row kernel to a partial (M, S, acc), and ggml_flash_attn_ext_reduce_partials
+// merges them in chunk order: VKQ = VKQ*so + VKQc*sn, S = S*so + Sc*sn (so, sn = expf of the max differences), then
+// VKQ * (1/S). Cells >= nk (the padded, masked part of the view) are skipped like masked ones.
+// opts bits 0-1 as fa_onechunk; bits 2-3: reduce contraction 0 none, 1 fmaf(a, so, b*sn), 2 fmaf(b, sn, a*so).
+void fa_splitkv(const float *Q, const int *kpos, const float *K, const float *V, int qp, int nk, int n_kv, int nth,
+                int DK, int DV, float scale, float *out, int opts) {
+    float qh[512], acc[512], vkq[512], M, S;
+    for (int d = 0; d < DK; d++) qh[d] = f16r(Q[d]);
+    for (int d = 0; d < DV; d++) vkq[d] = 0.0f;
+    float Mf = -INFINITY, Sf = 0.0f;
+    int cs = (n_kv + nth - 1) / nth, red = (opts >> 2) & 3;
+    for (int c = 0; c < nth; c++) {
+        int j0 = c * cs, j1 = j0 + cs < n_kv ? j0 + cs : n_kv;
+        if (j0 >= n_kv) continue;
+        onechunk_row(qh, K, V, kpos, qp, j0 < nk ? j0 : nk, j1 < nk ? j1 : nk, DK, DV, scale, opts, &M, &S, acc);
+        if (S == 0.0f) continue;
+        float Mn = fmaxf(Mf, M), so = expf(Mf - Mn), sn = expf(M - Mn);
+        for (int d = 0; d < DV; d++)
+            vkq[d] = red == 0 ? vkq[d] * so + acc[d] * sn : red == 1 ? fmaf(vkq[d], so, acc[d] * sn) : fmaf(acc[d], sn, vkq[d] * so);
+        Sf = red == 0 ? Sf * so + S * sn : red == 1 ? fmaf(Sf, so, S * sn) : fmaf(S, sn, Sf * so);
+        Mf = Mn;
+    }
+    float inv = Sf == 0.0f ? 0.0f : 1.0f / Sf;
+    for (int d = 0; d < DV; d++) out[d] = vkq[d] * inv;
 }
