@@ -4,7 +4,7 @@ usage: python3 compare_dump.py DUMP.npz N_LAYERS   (the dump's batches in order:
 import sys
 
 import numpy as np
-from emu import fa_onechunk, fa_tiled, gelu_table, matmul_k, matmul_legacy, rms_norm_rows, rope_neox, rope_thetas, sincos
+from emu import fa_onechunk, fa_splitkv, fa_tiled, gelu_table, matmul_k, matmul_legacy, rms_norm_rows, rope_neox, rope_thetas, sincos
 
 H, D = 4, 256
 GELU = gelu_table(1)
@@ -47,6 +47,13 @@ def main():
     for b in batches:
         def g(name, b=b):
             return rows(d, b, name)
+        if f"{b}/inp_scaled" not in d:  # dumped with --kv-only: the roped K and V just fill the cache
+            for il in range(n_layers):
+                cache[il][0].append(L.f16(g(f"Kcur-{il}").reshape(-1, D)))
+                cache[il][1].append(L.f16(g(f"Vcur-{il}").reshape(-1, D)))
+            pos0 += len(cache[0][0][-1])
+            print(f"{b}: K/V only, positions ..{pos0 - 1}")
+            continue
         T = g("inp_scaled").shape[0]
         print(f"{b}: {T} rows, positions {pos0}..{pos0 + T - 1}")
         for il in range(n_layers):
@@ -71,10 +78,15 @@ def main():
             cache[il][0].append(kr[:, 0])
             cache[il][1].append(L.f16(g(f"Vcur-{il}").reshape(T, D)))
             K, V = np.concatenate(cache[il][0]), np.concatenate(cache[il][1])
-            # >= 64 query rows: tiled kernel; fewer: the one-row kernel, whose S = S*ms + vs GCC contracts to an fma
-            fa, opts = (fa_tiled, 0) if T >= 64 else (fa_onechunk, 1)
-            att = np.concatenate([fa(qr[:, hh], K, V, 1.0, opts) for hh in range(H)], axis=1)
-            check(f"kqv_out ({fa.__name__})", att, g(f"kqv_out-{il}"))
+            if T == 1 and max(256, -(-(pos0 + T) // 256) * 256) >= 512:  # split-KV (compare_qwen.py), < 512 positions
+                att = np.concatenate([fa_splitkv(qr[0, hh], K, V, -(-(pos0 + T) // 256) * 256, 2, 1.0, 1 | 4)
+                                      for hh in range(H)])
+                name = "fa_splitkv"
+            else:  # >= 64 query rows: tiled kernel; fewer: the one-row kernel, whose S = S*ms + vs GCC contracts to an fma
+                fa, opts = (fa_tiled, 0) if T >= 64 else (fa_onechunk, 1)
+                att = np.concatenate([fa(qr[:, hh], K, V, 1.0, opts) for hh in range(H)], axis=1)
+                name = fa.__name__
+            check(f"kqv_out ({name})", att, g(f"kqv_out-{il}"))
             o, how = linear(L.tensor(p + "attn_output.weight"), g(f"kqv_out-{il}"))
             n_out = g(f"attn_post_norm-{il}").shape[0]  # last layer: only the output row is kept after attention
             o, x = o[-n_out:], x[-n_out:]

@@ -38,8 +38,8 @@ def main():
     ap.add_argument("tokens", help="comma-separated token ids")
     ap.add_argument("--batches", default="", help="comma-separated batch sizes (default: one batch)")
     ap.add_argument("--decode", type=int, default=0)
-    ap.add_argument("--prompt-keep", default="", help="regex: save only these tensors of the prompt batches "
-                    "(e.g. '^[KV]cur-' for a long prompt whose decode steps are checked)")
+    ap.add_argument("--kv-only", type=int, default=0, help="save only K and V (Kcur-*, Vcur-*) of the first N "
+                    "batches (a long prompt whose later batches or decode steps are checked)")
     a = ap.parse_args()
     toks = [int(t) for t in a.tokens.split(",")]
     sizes = [int(s) for s in a.batches.split(",")] if a.batches else [len(toks)]
@@ -47,7 +47,7 @@ def main():
         sys.exit(f"--batches {a.batches} does not add up to the {len(toks)} tokens")
 
     dumped, batch_no = {}, [0]
-    keep = re.compile(a.prompt_keep)
+    kv = re.compile(r"^[KV]cur-")
 
     def observe(t_ptr, ask, _ud):
         t = GgmlTensor.from_address(t_ptr)
@@ -55,7 +55,7 @@ def main():
             return True
         if t.type != 0:  # GGML_TYPE_F32 only
             return True
-        if batch_no[0] < len(sizes) and not keep.search(t.name.decode()):
+        if batch_no[0] < a.kv_only and not kv.search(t.name.decode()):
             return True
         ne = [t.ne[i] for i in range(4)]
         contiguous = t.nb[0] == 4 and all(t.nb[i] == t.nb[i - 1] * ne[i - 1] for i in range(1, 4))
