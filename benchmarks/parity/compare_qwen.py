@@ -1,5 +1,5 @@
 """Op-by-op check of the harness against tensors dumped from llama.cpp (llamacpp_dump.py), Qwen2 graph
-(Qwen2.5-Coder-0.5B-Instruct Q4_K_M): q/k/v products with biases, NEOX RoPE, GQA one-row attention, SwiGLU.
+(Qwen2.5-Coder-0.5B-Instruct Q4_K_M): q/k/v products with biases, NEOX RoPE, GQA attention (one-row, tiled, split-KV), SwiGLU.
 usage: python3 compare_qwen.py MODEL.gguf DUMP.npz   (the dump's batches in order: prompt batches, then decode steps;
 a batch dumped with only its K/V (llamacpp_dump.py --kv-only) just fills the KV cache)"""
 import sys
