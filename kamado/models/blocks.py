@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,12 +22,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 
         return ops.rms_norm(x, weight, eps)
     # ggml: squares in float32 summed in double, mean and 1/sqrtf(mean + eps) in float32, then x * scale.
-    # sqrtf is correctly rounded; torch's float32 sqrt is not always (~0.6% of values an ulp off: 10 of 2048 rows of
-    # Gemma's first norm), its double sqrt rounded to float32 is. In-place steps on the (rows, 1) temporaries: the same
-    # roundings in fewer torch calls (a decode step makes ~100 norms).
-    mean = torch.sum(x * x, -1, keepdim=True, dtype=torch.float64).div_(x.shape[-1]).float()
-    scale = mean.add_(eps).double().sqrt_().float().reciprocal_()
-    y = x * scale
+    # The (rows, 1) steps after the sum run in numpy: its float32 sqrt and reciprocal are IEEE's correctly rounded ones,
+    # as sqrtf (torch's float32 sqrt is not always: ~0.6% of values an ulp off, 10 of 2048 rows of Gemma's first norm),
+    # and a numpy call on a few values costs a fraction of a torch call (a decode step makes ~90 norms: 14.6 -> 9.7 us
+    # each for one row, the same bits as the torch steps through a double sqrt).
+    sums = torch.sum(x * x, -1, keepdim=True, dtype=torch.float64).numpy()
+    mean = (sums / x.shape[-1]).astype(np.float32)
+    y = x * torch.from_numpy(np.reciprocal(np.sqrt(mean + np.float32(eps))))
     return y if weight is None else y.mul_(weight)
 
 
@@ -65,7 +67,8 @@ def _gelu_table() -> torch.Tensor:
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """ggml-cpu's GELU: x rounded to fp16 and looked up in the fp16 table; 0 below -10, x itself above 10."""
-    looked_up = _gelu_table()[x.half().view(torch.uint16).int()]
+    # index_select rather than indexing: 16.7 -> 14.4 us for a decode row of 2048, 610 -> 424 us for 128 rows (best of 5)
+    looked_up = _gelu_table().index_select(0, x.half().view(torch.uint16).int().reshape(-1)).reshape(x.shape)
     return torch.where(x >= 10.0, x, looked_up)
 
 
