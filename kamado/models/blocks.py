@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    if x.is_cuda and x.dim() == 2:
+    if x.is_cuda:  # the numpy steps below are for CPU tensors
         from kamado.kernels.triton import ops
 
-        return ops.rms_norm(x, weight, eps)
+        return ops.rms_norm(x.reshape(-1, x.shape[-1]), weight, eps).reshape(x.shape)
     # ggml: squares in float32 summed in double, mean and 1/sqrtf(mean + eps) in float32, then x * scale.
     # The (rows, 1) steps after the sum run in numpy: its float32 sqrt and reciprocal are IEEE's correctly rounded ones,
     # as sqrtf (torch's float32 sqrt is not always: ~0.6% of values an ulp off, 10 of 2048 rows of Gemma's first norm),
