@@ -11,6 +11,7 @@ import torch
 
 from kamado.gguf.constants import GGMLQuantizationType
 from kamado.kernels.activations import activation_rounding
+from kamado.kernels.ggml_order import ORDERED, OrderedProduct
 from kamado.quants import QuantError, dequantize_torch
 
 FLOAT_TYPES = {GGMLQuantizationType.F32: torch.float32, GGMLQuantizationType.F16: torch.float16, GGMLQuantizationType.BF16: torch.bfloat16}
@@ -108,12 +109,19 @@ class ReferenceLinear:
 
 
 class GgmlLinear(ReferenceLinear):
-    """llama.cpp's product, slowly: x rounded as ggml-cpu rounds it for this weight type
-    (kamado.kernels.activations), then the exact float32 product. The yardstick of the fast CPU backend."""
+    """llama.cpp's product, slowly: for Q4_0/Q5_0/Q8_0/Q4_K/Q6_K weights bit for bit as ggml-cpu computes it on x86
+    (kamado/kernels/ggml_order.py); for other types x rounded as ggml-cpu rounds it (kamado.kernels.activations), then
+    the exact float32 product. The yardstick of the fast CPU backend. (`rows`, a few outputs, takes the latter way.)"""
 
     def __init__(self, tensor: QuantTensor):
         super().__init__(tensor)
         self.round_input = activation_rounding(tensor.qtype)
+        self.ordered = OrderedProduct(tensor.raw, tensor.qtype) if tensor.qtype in ORDERED else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ordered is None:
+            return super().__call__(x)
+        return self.ordered(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
 
 
 def _file_mapping(array: np.ndarray) -> mmap.mmap | None:
