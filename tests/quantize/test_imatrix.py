@@ -75,7 +75,6 @@ def test_gemma_imatrix_has_llama_imatrix_entries(gemma_imatrix):
 
 @pytest.mark.slow
 @pytest.mark.realmodel
-@pytest.mark.xfail(strict=True, reason="issue 5: values drift to ~1e-2 by layer 17 (bit-exact arithmetic needed, docs/NUMERICS.md)")
 def test_gemma_imatrix_values_match_llama_imatrix(gemma_imatrix):
     ours, ref = gemma_imatrix
     for name, t in ref.tensors.items():
