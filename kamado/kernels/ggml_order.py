@@ -68,11 +68,13 @@ def legacy_product(xq: torch.Tensor, xd: torch.Tensor, w: LegacyWeights) -> torc
     """x (M, nb, 32) int-valued q8_0 quants with scales xd (M, nb) times W -> (M, N) in the 8-lane order."""
     m, nb = xd.shape
     n = w.d.shape[0]
-    acc = torch.zeros(8, m, n)
+    xl = xq.reshape(m, nb, 8, 4).permute(1, 2, 0, 3).double()
+    wl = w.q.reshape(n, nb, 8, 4).permute(1, 2, 3, 0).double()
+    acc = torch.zeros(8, m, n, dtype=torch.float64)
     for b in range(nb):
-        dots = torch.bmm(xq[:, b].reshape(m, 8, 4).transpose(0, 1), w.q[:, b].reshape(n, 8, 4).permute(1, 2, 0))
-        acc = fma(xd[:, b, None] * w.d[None, :, b], dots, acc)
-    return hsum8(acc)
+        # fma(d_w * d_x, dot, acc): the product is exact in float64, the sum rounded once to float32 (module docstring)
+        acc = torch.bmm(xl[b], wl[b]).mul_((xd[:, b, None] * w.d[None, :, b]).double()).add_(acc).float().double()
+    return hsum8(acc.float())
 
 
 # 12 scale bytes that decode to sc = 1, min = 0 for all eight sub-blocks (get_scale_min_k4's layout)
@@ -155,6 +157,17 @@ def q6k_product(xq: torch.Tensor, xd: torch.Tensor, w: Q6KWeights) -> torch.Tens
     return hsum8(acc)
 
 
+# Outputs computed at once: keeps each step's float64 lanes (8 x M x SLICE) in cache, 6x faster than whole tensors.
+SLICE = 128
+
+
+def _rows(weights, a: int, b: int):
+    """The same weights restricted to outputs a..b (every tensor field's first axis)."""
+    part = object.__new__(type(weights))
+    part.__dict__.update({k: v[a:b] for k, v in vars(weights).items()})
+    return part
+
+
 class OrderedProduct:
     """x (M, K) float32 -> x @ W.T (M, N) as ggml-cpu computes it, for a weight type in ORDERED."""
 
@@ -174,7 +187,8 @@ class OrderedProduct:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights()
         if self.qtype in LEGACY:
-            q, d = quantize_q8_0(x)
-            return legacy_product(q, d, w)
-        q, d = quantize_q8_k(x)
-        return (q4k_product if self.qtype == T.Q4_K else q6k_product)(q, d, w)
+            (q, d), product = quantize_q8_0(x), legacy_product
+        else:
+            (q, d), product = quantize_q8_k(x), q4k_product if self.qtype == T.Q4_K else q6k_product
+        n = w.d.shape[0]
+        return torch.cat([product(q, d, _rows(w, a, min(n, a + SLICE))) for a in range(0, n, SLICE)], dim=-1)
