@@ -55,13 +55,13 @@ def _integer_values(raw: np.ndarray, qtype: T, unit: dict[int, np.ndarray]) -> t
 
 
 class LegacyWeights:
-    """Q4_0/Q5_0/Q8_0: signed quants (N, nb, 32) and block scales d (N, nb)."""
+    """Q4_0/Q5_0/Q8_0: signed quants (N, nb, 32) int8 and block scales d (N, nb)."""
 
     def __init__(self, raw: np.ndarray, qtype: T):
         n = raw.shape[0]
         blocks = raw.reshape(n, -1, LEGACY[qtype])
         self.d = _f16(blocks, 0)
-        self.q = _integer_values(blocks, qtype, {0: _F16_ONE}).reshape(n, -1, 32)
+        self.q = _integer_values(blocks, qtype, {0: _F16_ONE}).reshape(n, -1, 32).to(torch.int8)
 
 
 def legacy_product(xq: torch.Tensor, xd: torch.Tensor, w: LegacyWeights) -> torch.Tensor:
@@ -89,7 +89,7 @@ class Q4KWeights:
         blocks = raw.reshape(n, -1, 144)
         self.d, self.dmin = _f16(blocks, 0), _f16(blocks, 2)
         unit = {0: _F16_ONE, 2: np.zeros(2, np.uint8), 4: _Q4K_UNIT_SCALES}
-        self.q = _integer_values(blocks, T.Q4_K, unit).reshape(n, -1, 8, 32)
+        self.q = _integer_values(blocks, T.Q4_K, unit).reshape(n, -1, 8, 32).to(torch.int8)
         s = blocks[..., 4:16].reshape(-1, 12)
         sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], axis=1)
         mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
@@ -104,7 +104,7 @@ def q4k_product(xq: torch.Tensor, xd: torch.Tensor, w: Q4KWeights) -> torch.Tens
     n = w.d.shape[0]
     xs = xq.reshape(m, nb * 8, 32)
     # integer dots and block sums per 32-element sub-block: (nb * 8, M, N), exact in float32 (< 2^16 * 63)
-    dots = torch.bmm(xs.transpose(0, 1), w.q.reshape(n, nb * 8, 32).permute(1, 2, 0)).reshape(nb, 8, m, n)
+    dots = torch.bmm(xs.transpose(0, 1), w.q.reshape(n, nb * 8, 32).permute(1, 2, 0).float()).reshape(nb, 8, m, n)
     sums = dots.double() * w.sc.permute(1, 2, 0)[:, :, None, :].double()
     mins = xs.sum(-1).transpose(0, 1).reshape(nb, 8, m, 1).double() * w.mn.permute(1, 2, 0)[:, :, None, :].double()
     scale, scale_min = xd.t()[:, :, None] * w.d.t()[:, None, :], xd.t()[:, :, None] * w.dmin.t()[:, None, :]
@@ -140,7 +140,7 @@ class Q6KWeights:
         unsigned = _integer_values(blocks, T.Q6_K, unit).reshape(n, -1, 16, 16) + 32
         self.scales = torch.from_numpy(blocks[..., 192:208].view(np.int8).astype(np.float32))
         scaled = (unsigned * self.scales[..., None]).reshape(n, -1, 8, 8, 4)  # [chunk c of 32][lane k][4 elements]
-        self.lanes = scaled.transpose(2, 3).reshape(n, -1, 8, 32).double()
+        self.lanes = scaled.transpose(2, 3).reshape(n, -1, 8, 32).to(torch.int16)  # |q * scale| <= 63 * 128
 
 
 def q6k_product(xq: torch.Tensor, xd: torch.Tensor, w: Q6KWeights) -> torch.Tensor:
@@ -151,7 +151,7 @@ def q6k_product(xq: torch.Tensor, xd: torch.Tensor, w: Q6KWeights) -> torch.Tens
     bsums = xq.reshape(m, nb, 8, 2, 16).sum(-1).double()  # 16-element sums, paired as lane k's offset takes them
     acc = torch.zeros(8, m, n)
     for i in range(nb):
-        dots = torch.bmm(xl[:, i].transpose(0, 1), w.lanes[:, i].permute(1, 2, 0))  # (8, M, N), exact in float64
+        dots = torch.bmm(xl[:, i].transpose(0, 1), w.lanes[:, i].permute(1, 2, 0).double())  # (8, M, N), exact in float64
         offset = torch.einsum("mkj,nkj->kmn", bsums[:, i], w.scales[:, i].reshape(n, 8, 2).double())
         acc = fma(xd[:, i, None] * w.d[None, :, i], (dots - 32 * offset).float(), acc)
     return hsum8(acc)
@@ -177,7 +177,7 @@ class OrderedProduct:
         self._weights = None
 
     def weights(self):
-        """Unpacked on first use (about 5x the file size in float32 integers)."""
+        """Unpacked on first use (quants as int8, Q6_K's scaled ones as int16: 1.5-2x the file size)."""
         if self._weights is None:
             raw = self._raw.numpy()
             q = self.qtype
