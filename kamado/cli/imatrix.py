@@ -39,8 +39,9 @@ def main(argv: list[str]) -> int:
     if args.ctx_size < 16:
         fail(f"-c {args.ctx_size}: chunks need at least 16 tokens (llama-imatrix ignores smaller batches)")
     try:
-        # The "ggml" kernels reproduce llama.cpp's CPU arithmetic (activation rounding), which the statistics
-        # follow closely; over whole chunks they cost little more than the fast kernels (docs/NUMERICS.md).
+        # The "ggml" kernels follow ggml-cpu's float order (kamado/kernels/ggml_order.py, models/ggml_ops.py): with
+        # llama-imatrix's batching (compute_imatrix) the sums come out bit for bit, ~10x slower than the fast kernels
+        # would run the chunks (docs/NUMERICS.md, session 5).
         llm = Llama(str(model), n_ctx=args.ctx_size, n_threads=args.threads, kernels="ggml", verbose=False)
         tok = llm.tokenizer_
         tokens = tok.encode(text, add_special=True, parse_special=False)

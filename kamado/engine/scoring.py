@@ -23,7 +23,6 @@ def perplexity(model, tokens: Sequence[int], n_ctx: int, bos_id: int | None) -> 
     n_chunks = len(tokens) // n_ctx
     if n_chunks == 0:
         raise ValueError(f"perplexity needs at least n_ctx={n_ctx} tokens, the text has {len(tokens)}")
-    first = n_ctx // 2
     nll: list[float] = []
     with torch.inference_mode():
         for c in range(n_chunks):
@@ -31,12 +30,18 @@ def perplexity(model, tokens: Sequence[int], n_ctx: int, bos_id: int | None) -> 
             if bos_id is not None:
                 chunk[0] = bos_id
             ids = torch.tensor(chunk)
-            hidden = model.hidden(ids, torch.arange(n_ctx), solo_attend(model.cfg.n_layer))
-            for a in range(first, n_ctx - 1, OUTPUT_ROWS_PER_PASS):
-                b = min(n_ctx - 1, a + OUTPUT_ROWS_PER_PASS)
-                logp = torch.log_softmax(model.logits(hidden[a:b]).double(), dim=-1)
-                nll += (-logp[torch.arange(b - a), ids[a + 1 : b + 1]]).tolist()
+            nll += second_half_nll(model, model.hidden(ids, torch.arange(n_ctx), solo_attend(model.cfg.n_layer)), ids)
     return math.exp(sum(nll) / len(nll)), nll
+
+
+def second_half_nll(model, hidden: torch.Tensor, ids: torch.Tensor) -> list[float]:
+    """Negative log-likelihoods of a chunk's second half (llama-perplexity's scored tokens) from its hidden states."""
+    n_ctx, nll = len(ids), []
+    for a in range(n_ctx // 2, n_ctx - 1, OUTPUT_ROWS_PER_PASS):
+        b = min(n_ctx - 1, a + OUTPUT_ROWS_PER_PASS)
+        logp = torch.log_softmax(model.logits(hidden[a:b]).double(), dim=-1)
+        nll += (-logp[torch.arange(b - a), ids[a + 1 : b + 1]]).tolist()
+    return nll
 
 
 def embed(model, tokens: Sequence[int], pooling: str, normalize: bool = False) -> torch.Tensor:

@@ -30,15 +30,35 @@ if hasattr(T, "MXFP4"):
 # 127 / amax is divided as ggml divides it: `127.0 / t` is torch's reciprocal(t) * 127, an ulp off a quarter of the time,
 # which flips the rounding of some activations (docs/NUMERICS.md, 2026-12-03); a 0-dim tensor numerator is a true division.
 _127 = torch.tensor(127.0)
+_1 = torch.tensor(1.0)
 
 
-def round_q8_0(x: torch.Tensor) -> torch.Tensor:
-    """dequantize(quantize_row_q8_0(x)) along the last axis (a multiple of 32)."""
+def quantize_q8_0(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_row_q8_0(x) along the last axis (a multiple of 32): quants (..., blocks, 32) as float32 integers and
+    the blocks' fp16 scales d (..., blocks) as float32."""
     blocks = x.float().reshape(*x.shape[:-1], -1, 32)
     # A block's max is lifted to 1e-30 so that a zero block divides by no zero: below ~3e-6 its fp16 d is 0 anyway.
     amax = torch.amax(blocks.abs(), dim=-1, keepdim=True).clamp_min_(1e-30)
     d = amax.div(127.0).half().float()
-    return torch.mul(blocks, torch.div(_127, amax)).round_().mul_(d).reshape(x.shape)
+    return torch.mul(blocks, torch.div(_127, amax)).round_(), d[..., 0]
+
+
+def round_q8_0(x: torch.Tensor) -> torch.Tensor:
+    """dequantize(quantize_row_q8_0(x)) along the last axis (a multiple of 32)."""
+    q, d = quantize_q8_0(x)
+    return q.mul_(d[..., None]).reshape(x.shape)
+
+
+def quantize_q8_k(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_row_q8_K_ref(x) along the last axis (a multiple of 256), with ggml's signs: iscale = -127 / (the value
+    of largest magnitude, the first on ties), q = min(127, round(iscale * x)), d = 1 / iscale. Quants (..., blocks,
+    256) as float32 integers, d (..., blocks); a zero block gets q = 0, d = 0."""
+    blocks = x.float().reshape(*x.shape[:-1], -1, 256)
+    peak = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))
+    iscale = torch.div(-_127, torch.where(peak == 0, 1.0, peak))
+    q = torch.mul(blocks, iscale).round_().clamp_max_(127.0)
+    d = torch.where(peak == 0, 0.0, torch.div(_1, iscale))
+    return q.mul_(peak != 0), d[..., 0]
 
 
 def round_q8_k(x: torch.Tensor) -> torch.Tensor:

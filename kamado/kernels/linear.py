@@ -11,6 +11,7 @@ import torch
 
 from kamado.gguf.constants import GGMLQuantizationType
 from kamado.kernels.activations import activation_rounding
+from kamado.kernels.ggml_order import ORDERED, OrderedProduct
 from kamado.quants import QuantError, dequantize_torch
 
 FLOAT_TYPES = {GGMLQuantizationType.F32: torch.float32, GGMLQuantizationType.F16: torch.float16, GGMLQuantizationType.BF16: torch.bfloat16}
@@ -108,12 +109,22 @@ class ReferenceLinear:
 
 
 class GgmlLinear(ReferenceLinear):
-    """llama.cpp's product, slowly: x rounded as ggml-cpu rounds it for this weight type
-    (kamado.kernels.activations), then the exact float32 product. The yardstick of the fast CPU backend."""
+    """llama.cpp's product, slowly: for Q4_0/Q5_0/Q8_0/Q4_K/Q6_K weights bit for bit as ggml-cpu computes it on x86
+    (kamado/kernels/ggml_order.py); for other types x rounded as ggml-cpu rounds it (kamado.kernels.activations), then
+    the exact float32 product. The yardstick of the fast CPU backend. (`rows`, a few outputs, takes the latter way.)
 
-    def __init__(self, tensor: QuantTensor):
+    `ordered=False` (the output head): the latter way too; the ordered chain over a vocabulary-wide head would hold
+    GBs of float64 lanes and unpacked quants (262144 x 640 for Gemma 3), and no statistic kamado reproduces needs it."""
+
+    def __init__(self, tensor: QuantTensor, ordered: bool = True):
         super().__init__(tensor)
         self.round_input = activation_rounding(tensor.qtype)
+        self.ordered = OrderedProduct(tensor.raw, tensor.qtype) if ordered and tensor.qtype in ORDERED else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ordered is None:
+            return super().__call__(x)
+        return self.ordered(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
 
 
 def _file_mapping(array: np.ndarray) -> mmap.mmap | None:
@@ -146,12 +157,15 @@ def embedding_rows(tensor: QuantTensor, ids: torch.Tensor) -> torch.Tensor:
 
 def make_linear(tensor: QuantTensor, backend: str = "cpu", logits: bool = False):
     """`logits`: the output projection, which the cpu backend computes without llama.cpp's activation rounding
-    (kamado/kernels/cpu.py, _input_rounding, says why); the other backends compute it as any weight."""
+    (kamado/kernels/cpu.py, _input_rounding, says why) and the ggml backend without ggml's float order (GgmlLinear);
+    the other backends compute it as any weight."""
     try:
         factory = BACKENDS[backend]
     except KeyError:
         raise KernelError(f"unknown kernel backend {backend!r}; available: {', '.join(BACKENDS)}") from None
-    return _cpu(tensor, logits) if backend == "cpu" else factory(tensor)
+    if backend == "cpu":
+        return _cpu(tensor, logits)
+    return GgmlLinear(tensor, ordered=not logits) if backend == "ggml" else factory(tensor)
 
 
 def _cpu(tensor: QuantTensor, logits: bool = False):

@@ -129,7 +129,11 @@ class Rope:
             ramp_mix = (1 - y.clamp(0, 1)) * s.ext_factor
             theta = theta_interp * (1 - ramp_mix) + theta * ramp_mix
             mscale *= 1.0 + 0.1 * math.log(1.0 / s.freq_scale)
-        return torch.cos(theta) * mscale, torch.sin(theta) * mscale
+        cos, sin = self.trig(theta)
+        return cos * mscale, sin * mscale
+
+    def trig(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cos(theta), torch.sin(theta)
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: (T, heads, head_dim); rotates the first n_dims of each head (cos/sin from `cos_sin`)."""

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from kamado.kernels import QuantTensor, embedding_rows, make_fused_linear, make_linear
-from kamado.models import exact
+from kamado.models import exact, ggml_ops
 from kamado.models.blocks import ACTIVATIONS, Rope, RopeSpec, add_rms_norm, attention, rms_norm, top_k_routing
 from kamado.models.config import ModelConfig, ModelError
+from kamado.models.ggml_ops import GgmlRope, attention_tiled
 
 # The kernel backend whose models also compute activations and attention in plain float32 (kamado/models/exact.py).
 EXACT_BACKEND = "reference"
+# The backend whose models also compute RoPE and attention in ggml-cpu's float order (kamado/models/ggml_ops.py).
+GGML_BACKEND = "ggml"
 # Backends whose layers also use exact.ACTIVATIONS: ggml's fp16 GELU table is a CPU lookup (ggml-cuda computes GELU in float32).
 EXACT_ACTIVATION_BACKENDS = {EXACT_BACKEND, "cuda"}
 
@@ -62,6 +65,7 @@ class LayerAttention:
     window: int
     softcap: float
     exact: bool = False  # plain float32 (exact.attention) rather than llama.cpp's fp16 K/V numerics
+    tiled: bool = False  # ggml-cpu's tiled flash-attention order (ggml_ops.attention_tiled, the "ggml" backend)
 
 
 AttendFn = Callable[[LayerAttention, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -123,7 +127,10 @@ class Layer:
         self.ffn_norm = t.vector(p + "ffn_norm.weight")
         self.post_ffn_norm = t.vector(p + "post_ffw_norm.weight", required=arch.post_norms)
         self.activation = arch.activation
-        self.act = (exact.ACTIVATIONS if backend in EXACT_ACTIVATION_BACKENDS else ACTIVATIONS)[arch.activation]
+        if backend in EXACT_ACTIVATION_BACKENDS:
+            self.act = exact.ACTIVATIONS[arch.activation]
+        else:
+            self.act = (ggml_ops.ACTIVATIONS if backend == GGML_BACKEND else ACTIVATIONS)[arch.activation]
         if cfg.n_expert:
             self.router = make_linear(t.get(p + "ffn_gate_inp.weight"), backend)
             self.experts = [
@@ -191,9 +198,9 @@ class DecoderModel(torch.nn.Module):
         out = t.get("output.weight", required=False) or self.token_embd  # tied embeddings
         self.output = make_linear(out, offload.backend if output_on_device else backend, logits=True)
         self.embed_scale = math.sqrt(cfg.n_embd) if arch.embed_scale else 1.0
-        self._build_attention(t, exact_math=backend == EXACT_BACKEND)
+        self._build_attention(t, exact_math=backend == EXACT_BACKEND, ggml_order=backend == GGML_BACKEND)
 
-    def _build_attention(self, t: _Tensors, exact_math: bool) -> None:
+    def _build_attention(self, t: _Tensors, exact_math: bool, ggml_order: bool) -> None:
         cfg, arch = self.cfg, self.arch
         if arch.big_attention_scale_layers and cfg.n_layer == arch.big_attention_scale_layers:
             scale = 1.0 / math.sqrt(cfg.n_embd / cfg.n_head)
@@ -205,7 +212,8 @@ class DecoderModel(torch.nn.Module):
             freq_factors = t.vector(name, required=False)
         scaling = cfg.rope_scaling
         freq_scale = 1.0 / cfg.rope_scale_factor if scaling in ("linear", "yarn") else 1.0
-        global_rope = Rope(
+        rope_class = GgmlRope if ggml_order else Rope
+        global_rope = rope_class(
             RopeSpec(
                 cfg.rope_dims,
                 cfg.rope_base,
@@ -218,11 +226,11 @@ class DecoderModel(torch.nn.Module):
             freq_factors,
         )
         local_base = cfg.rope_base_swa or arch.swa_rope_base
-        local_rope = Rope(RopeSpec(cfg.rope_dims, local_base, arch.rope_neox)) if local_base else global_rope
+        local_rope = rope_class(RopeSpec(cfg.rope_dims, local_base, arch.rope_neox)) if local_base else global_rope
         self.attn, self.ropes = [], []
         for il in range(cfg.n_layer):
             local = bool(cfg.sliding_window) and (not arch.swa_pattern or il % arch.swa_pattern != arch.swa_pattern - 1)
-            self.attn.append(LayerAttention(il, scale, cfg.sliding_window if local else 0, cfg.attn_softcap, exact_math))
+            self.attn.append(LayerAttention(il, scale, cfg.sliding_window if local else 0, cfg.attn_softcap, exact_math, ggml_order))
             self.ropes.append(local_rope if local else global_rope)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -300,7 +308,7 @@ def solo_attend(n_layer: int) -> AttendFn:
         values[il] = v if values[il] is None else torch.cat([values[il], v])
         k_pos = torch.arange(keys[il].shape[0])
         q_pos = k_pos[-q.shape[0] :]
-        compute = exact.attention if spec.exact else attention
+        compute = exact.attention if spec.exact else attention_tiled if spec.tiled else attention
         return compute(q, keys[il], values[il], q_pos, k_pos, spec.scale, spec.window, spec.softcap)
 
     return attend

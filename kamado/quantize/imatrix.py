@@ -19,29 +19,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kamado.engine.scoring import second_half_nll
 from kamado.gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
+from kamado.models import solo_attend
 
 _EXPERT = re.compile(r"^(?P<name>.+)\[(?P<e>\d+)\]$")  # the models name expert slices NAME[e]
 
 
 @dataclass
 class Entry:
-    values: np.ndarray  # float64 (n_mat, n_cols): sums of squared activations
+    values: np.ndarray  # float32 (n_mat, n_cols): sums of squared activations
     counts: np.ndarray  # int64 (n_mat,)
 
 
 @dataclass
 class Collector:
-    """Accumulates llama-imatrix's statistics from the linear layers it wraps."""
+    """Accumulates llama-imatrix's statistics from the linear layers it wraps: float32 sums, row after row in the order
+    the rows come (llama-imatrix's own summation, so that equal inputs give equal bits)."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
 
     def add(self, name: str, expert: int, n_mat: int, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double()
+        x = x.detach().reshape(-1, x.shape[-1]).float().numpy()
         e = self.entries.get(name)
         if e is None:
-            e = self.entries[name] = Entry(np.zeros((n_mat, x.shape[-1])), np.zeros(n_mat, dtype=np.int64))
-        e.values[expert] += (x * x).sum(0).numpy()
+            e = self.entries[name] = Entry(np.zeros((n_mat, x.shape[-1]), np.float32), np.zeros(n_mat, dtype=np.int64))
+        # np.add.accumulate adds row by row (no pairwise summation): acc + r0^2, then + r1^2, ...
+        e.values[expert] = np.add.accumulate(np.concatenate([e.values[expert][None], x * x]), axis=0)[-1]
         e.counts[expert] += x.shape[0]
 
 
@@ -91,11 +95,47 @@ class ImatrixResult:
     ppl_error: float
 
 
+# llama-imatrix's defaults: batches of N_BATCH tokens hold max(1, N_BATCH // n_ctx) chunks as parallel sequences, and
+# llama_decode splits them into ubatches of N_UBATCH rows taken equally from every sequence (split_equal).
+N_BATCH, N_UBATCH = 2048, 512
+
+
+def _group_attend(n_layer: int, sizes: list[int]):
+    """An `attend` over rows of several sequences side by side (sizes: each one's rows in the current ubatch, set by
+    the caller), each sequence with its own keys and values."""
+    attends = [solo_attend(n_layer) for _ in sizes]
+
+    def attend(spec, q, k, v):
+        out, a = [], 0
+        for one, n in zip(attends, sizes, strict=True):
+            out.append(one(spec, q[a : a + n], k[a : a + n], v[a : a + n]))
+            a += n
+        return torch.cat(out)
+
+    return attend
+
+
+def _run_group(model, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Hidden states of chunks run as llama-imatrix runs them: ubatch by ubatch, each sequence's next rows in turn.
+
+    Rows enter every matmul (and so the collector) in llama-imatrix's order, and each product sees the same rows at
+    once as llama.cpp's (the Q4_K kernel groups rows by 4 across the ubatch)."""
+    n_ctx, step = len(chunks[0]), max(1, N_UBATCH // len(chunks))
+    sizes = [0] * len(chunks)
+    attend = _group_attend(model.cfg.n_layer, sizes)
+    hidden = []
+    for a in range(0, n_ctx, step):
+        b = min(n_ctx, a + step)
+        sizes[:] = [b - a] * len(chunks)
+        h = model.hidden(torch.cat([c[a:b] for c in chunks]), torch.arange(a, b).repeat(len(chunks)), attend)
+        hidden.append(h.reshape(len(chunks), b - a, -1))
+    return list(torch.cat(hidden, dim=1))
+
+
 def compute_imatrix(model, tokens: list[int], n_ctx: int, bos_id: int | None, n_chunks: int | None = None,
                     on_chunk: Callable[[int, float], None] | None = None) -> ImatrixResult:
-    """Run the chunks through `model`, collecting activations; on_chunk(i, running_ppl) after each chunk."""
-    from kamado.engine import perplexity
-
+    """Run the chunks through `model` as llama-imatrix batches them, collecting activations; on_chunk(i, running_ppl)
+    after each chunk."""
     collector = Collector()
     if attach(model, collector) == 0:
         raise ValueError("the model has no blk.* linear layers to collect activations from")
@@ -104,11 +144,17 @@ def compute_imatrix(model, tokens: list[int], n_ctx: int, bos_id: int | None, n_
         raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of n_ctx={n_ctx}")
     count = available if n_chunks is None or n_chunks <= 0 else min(n_chunks, available)
     nll: list[float] = []
-    for c in range(count):
-        _, chunk_nll = perplexity(model, tokens[c * n_ctx : (c + 1) * n_ctx], n_ctx, bos_id)
-        nll += chunk_nll
-        if on_chunk:
-            on_chunk(c + 1, math.exp(sum(nll) / len(nll)))
+    per_batch = max(1, N_BATCH // n_ctx)
+    with torch.inference_mode():
+        for first in range(0, count, per_batch):
+            chunks = [torch.tensor(tokens[c * n_ctx : (c + 1) * n_ctx]) for c in range(first, min(count, first + per_batch))]
+            if bos_id is not None:
+                for chunk in chunks:
+                    chunk[0] = bos_id
+            for i, (chunk, hidden) in enumerate(zip(chunks, _run_group(model, chunks), strict=True)):
+                nll += second_half_nll(model, hidden, chunk)
+                if on_chunk:
+                    on_chunk(first + i + 1, math.exp(sum(nll) / len(nll)))
     mean = sum(nll) / len(nll)
     # llama-perplexity's error estimate: standard error of the mean NLL, carried through exp.
     var = sum((v - mean) ** 2 for v in nll) / max(1, len(nll) - 1)
