@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     try:
         # The "ggml" kernels follow ggml-cpu's float order (kamado/kernels/ggml_order.py, models/ggml_ops.py): with
         # llama-imatrix's batching (compute_imatrix) the sums come out bit for bit, ~10x slower than the fast kernels
-        # would run the chunks (docs/NUMERICS.md, session 5).
+        # would run the chunks (docs/NUMERICS.md, session 4, continued).
         llm = Llama(str(model), n_ctx=args.ctx_size, n_threads=args.threads, kernels="ggml", verbose=False)
         tok = llm.tokenizer_
         tokens = tok.encode(text, add_special=True, parse_special=False)
