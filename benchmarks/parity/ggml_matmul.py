@@ -88,7 +88,7 @@ def _q45k_parts(raw: np.ndarray, qtype: T):
     else:
         high = (b[:, None, 16:48] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
         q = kquants._nibbles(b[:, 48:], 32) | (high << 4)
-    sc, mn = kquants._unpack_scale_min_k4(b[:, 4:16])
+    sc, mn = kquants.unpack_scale_min_k4(b[:, 4:16])
     s = b.shape[0] // n
     parts = (q.reshape(n, s, 8, 32), sc.reshape(n, s, 8), mn.reshape(n, s, 8))
     q, sc, mn = (torch.from_numpy(np.ascontiguousarray(p)) for p in parts)

@@ -26,6 +26,7 @@ import torch
 from kamado.gguf.constants import GGMLQuantizationType as T
 from kamado.kernels.activations import quantize_q8_0, quantize_q8_k
 from kamado.quants import dequantize
+from kamado.quants.kquants import unpack_scale_min_k4
 
 LEGACY = {T.Q4_0: 18, T.Q5_0: 22, T.Q8_0: 34}  # block bytes; the fp16 d comes first
 ORDERED = {*LEGACY, T.Q4_K, T.Q6_K}
@@ -90,9 +91,7 @@ class Q4KWeights:
         self.d, self.dmin = _f16(blocks, 0), _f16(blocks, 2)
         unit = {0: _F16_ONE, 2: np.zeros(2, np.uint8), 4: _Q4K_UNIT_SCALES}
         self.q = _integer_values(blocks, T.Q4_K, unit).reshape(n, -1, 8, 32).to(torch.int8)
-        s = blocks[..., 4:16].reshape(-1, 12)
-        sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], axis=1)
-        mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+        sc, mn = unpack_scale_min_k4(blocks[..., 4:16].reshape(-1, 12))
         self.sc = torch.from_numpy(sc.astype(np.float32)).reshape(n, -1, 8)
         self.mn = torch.from_numpy(mn.astype(np.float32)).reshape(n, -1, 8)
 

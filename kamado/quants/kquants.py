@@ -287,7 +287,8 @@ def _pack_scale_min_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
     )
 
 
-def _unpack_scale_min_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unpack_scale_min_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The eight 6-bit scales and mins (nb, 8) of Q4_K/Q5_K's 12-byte layout (nb, 12) (ggml's get_scale_min_k4)."""
     sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], axis=1)
     mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
     return sc, mn
@@ -456,7 +457,7 @@ def _quantize_q5_k(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
 
 def _dequantize_q45_k(b: np.ndarray, q: np.ndarray) -> np.ndarray:
     """q: (nb, 8, 32) quant values of the eight 32-value sub-blocks."""
-    sc, mn = _unpack_scale_min_k4(b[:, 4:16])
+    sc, mn = unpack_scale_min_k4(b[:, 4:16])
     d = (_f16_field(b, 0)[:, None] * sc.astype(F32))[:, :, None]
     m = (_f16_field(b, 2)[:, None] * mn.astype(F32))[:, :, None]
     return (d * q.astype(F32) - m).reshape(len(b), QK_K)
