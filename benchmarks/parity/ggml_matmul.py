@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from activations_old import quantize_q8_0, quantize_q8_k
 
 from kamado.gguf.constants import GGMLQuantizationType as T
+from kamado.kernels.activations import quantize_q8_0, quantize_q8_k
 from kamado.quants import kquants
 
 AMX_TYPES = {T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K}  # Q4_1 and IQ4_XS also run on AMX but are not emulated here

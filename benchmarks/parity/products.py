@@ -2,8 +2,9 @@
 import ggml_matmul as gm
 import numpy as np
 import torch
-from activations_old import quantize_q8_0
 from common import load, save
+
+from kamado.kernels.activations import quantize_q8_0
 
 
 def product(t, h, method):
