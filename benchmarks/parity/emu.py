@@ -20,14 +20,20 @@ def c32(a):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def fa_tiled(q, k, v, scale=1.0, opts=0):
-    """q (T, DK), k (S, DK), v (S, DV) of one head -> (T, DV); positions 0..T-1 (k covers the same positions)."""
+def _one_head(kernel, q, k, v, scale, opts):
+    """q (T, DK), k (S, DK), v (S, DV) of one head -> (T, DV) through a faemu.c kernel; the T rows are the last T of the
+    S key positions."""
     T, S = q.shape[0], k.shape[0]
     out = np.zeros((T, v.shape[1]), np.float32)
     qpos = np.arange(S - T, S, dtype=np.int32)
     kpos = np.arange(S, dtype=np.int32)
-    _lib.fa_tiled(c32(q), c32(k), c32(v), qpos, kpos, T, S, q.shape[1], v.shape[1], scale, out, opts)
+    kernel(c32(q), c32(k), c32(v), qpos, kpos, T, S, q.shape[1], v.shape[1], scale, out, opts)
     return out
+
+
+def fa_tiled(q, k, v, scale=1.0, opts=0):
+    """ggml-cpu's tiled flash attention (>= 64 query rows) of one head (_one_head's shapes)."""
+    return _one_head(_lib.fa_tiled, q, k, v, scale, opts)
 
 
 def rope_neox(x, cs, mode):
@@ -101,12 +107,8 @@ _lib.fa_onechunk.argtypes = [_f, _f, _f, _i, _i, ctypes.c_int, ctypes.c_int, cty
 
 
 def fa_onechunk(q, k, v, scale=1.0, opts=0):
-    T, S = q.shape[0], k.shape[0]
-    out = np.zeros((T, v.shape[1]), np.float32)
-    qpos = np.arange(S - T, S, dtype=np.int32)
-    kpos = np.arange(S, dtype=np.int32)
-    _lib.fa_onechunk(c32(q), c32(k), c32(v), qpos, kpos, T, S, q.shape[1], v.shape[1], scale, out, opts)
-    return out
+    """ggml-cpu's one-row flash-attention kernel (fewer than 64 query rows) of one head (_one_head's shapes)."""
+    return _one_head(_lib.fa_onechunk, q, k, v, scale, opts)
 _lib.fa_splitkv.argtypes = [_f, _i, _f, _f, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                             ctypes.c_int, ctypes.c_float, _f, ctypes.c_int]
 
