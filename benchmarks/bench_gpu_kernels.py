@@ -91,20 +91,29 @@ def prefill_ms(lin: TritonLinear, batch: int, path: str) -> float:
 SWEEP_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096), (1024, 4096), (128256, 4096))
 
 
-def sweep_gemv(emit, types: list[Q], copy_gbs: float) -> None:
-    emit("GEMV sweep (batch 1), µs and % of copy roofline; config = ((BLOCK_N, BLOCK_K, num_warps), GEMV_MIN_PROGRAMS)")
-    emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_GEMV) + " |")
-    emit("|---|---|" + "---|" * len(SWEEP_GEMV))
-    default = (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS)
+def sweep_batch1(emit, title: str, configs: list, apply, default, types: list[Q], shapes, copy_gbs: float) -> None:
+    """µs (% of the copy roofline) of a batch-1 product under each config, set by apply(config); apply(default) at the end."""
+    emit(f"{title} sweep (batch 1), µs and % of copy roofline")
+    emit("| type | shape | " + " | ".join(str(c) for c in configs) + " |")
+    emit("|---|---|" + "---|" * len(configs))
     for qtype in types:
-        for rows, cols in SWEEP_SHAPES:
+        for rows, cols in shapes:
             cells = []
-            for tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS in SWEEP_GEMV:
+            for config in configs:
+                apply(config)
                 ms, nbytes = decode_ms(qtype, rows, cols, 1)
                 cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
             emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
-    tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS = default
+    apply(default)
     emit()
+
+
+def set_gemv(config) -> None:
+    tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS = config
+
+
+def set_int8(config) -> None:
+    int8_gemv.CONFIG = config
 
 
 def sweep_gemm(emit, types: list[Q]) -> None:
@@ -121,22 +130,6 @@ def sweep_gemm(emit, types: list[Q]) -> None:
                 cells.append(f"{decode_ms(qtype, rows, cols, batch, 'library')[0] * 1e3:.1f}")
                 emit(f"| {qtype.name} | {rows}x{cols} | {batch} | " + " | ".join(cells) + " |")
     tl_linear.GEMM_MIN_PROGRAMS = default
-    emit()
-
-
-def sweep_int8(emit, types: list[Q], copy_gbs: float) -> None:
-    emit("int8_gemv.CONFIG sweep (batch 1), µs and % of copy roofline; config = (BLOCK_N, BLOCK_K, num_warps)")
-    emit("| type | shape | " + " | ".join(str(c) for c in SWEEP_INT8) + " |")
-    emit("|---|---|" + "---|" * len(SWEEP_INT8))
-    default = int8_gemv.CONFIG
-    for qtype in types:
-        for rows, cols in SWEEP_SHAPES[:3]:
-            cells = []
-            for int8_gemv.CONFIG in SWEEP_INT8:
-                ms, nbytes = decode_ms(qtype, rows, cols, 1)
-                cells.append(f"{ms * 1e3:.1f} ({nbytes / ms / 1e6 / copy_gbs:.0%})")
-            emit(f"| {qtype.name} | {rows}x{cols} | " + " | ".join(cells) + " |")
-    int8_gemv.CONFIG = default
     emit()
 
 
@@ -167,11 +160,14 @@ def main() -> None:
     int8 = [q for q in tl_linear.INT8_GEMV if int8_gemv.supports(q, 4096)]  # KAMADO_INT8_GEMV=0: float GEMV for all
     quantized = [q for q in types if q not in (Q.F16, Q.BF16)]
     if "gemv" in sweeps:
-        sweep_gemv(emit, [q for q in quantized if q not in int8], copy_gbs)
+        sweep_batch1(emit, "GEMV ((BLOCK_N, BLOCK_K, num_warps), GEMV_MIN_PROGRAMS)", SWEEP_GEMV, set_gemv,
+                     (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS), [q for q in quantized if q not in int8],
+                     SWEEP_SHAPES, copy_gbs)
     if "gemm" in sweeps:
         sweep_gemm(emit, quantized)
     if "int8" in sweeps:
-        sweep_int8(emit, [q for q in quantized if q in int8], copy_gbs)
+        sweep_batch1(emit, "int8_gemv.CONFIG (BLOCK_N, BLOCK_K, num_warps)", SWEEP_INT8, set_int8,
+                     int8_gemv.CONFIG, [q for q in quantized if q in int8], SWEEP_SHAPES[:3], copy_gbs)
     emit(f"decode: µs per matmul, GB/s of weight read, % of the {copy_gbs:.0f} GB/s roofline; "
          f"prefill at batch {args.prefill_batch}: TFLOP/s (fused Triton GEMM / dequantize + cuBLAS)")  # fmt: skip
     emit("| type | out x in | MB | b=1 µs | b=1 GB/s | b=1 roof | b=4 µs | b=16 µs | b=16 GB/s | b=64 fused µs | b=64 deq+cuBLAS µs "
