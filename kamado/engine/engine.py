@@ -40,7 +40,7 @@ from kamado.engine.stop import StopMatcher
 from kamado.kernels.cpu import DECODE_ROWS
 from kamado.kernels.heap import release_free_heap
 from kamado.kernels.openmp import release_thread_pool
-from kamado.models.blocks import attention
+from kamado.models.decoder import attention_of
 
 # Rows of one forward that keep every row on the CPU decode kernel (batch invariance); also the longest uncached
 # prompt computed as rows of decode steps rather than as a chunk of its own.
@@ -113,7 +113,12 @@ class _Sequence:
         self.done = False
         # Decided once, from the request and the cache alone: its prompt's tokens always take the same path.
         # (CUDA graphs decode one row per sequence: there every prompt goes as chunks.)
-        self.prompt_in_rows = engine._graphs is None and self.n_prompt - n_cached <= ROWS_PER_STEP
+        self.prompt_in_rows = engine._graphs is None and not engine.llamacpp_batches and self.n_prompt - n_cached <= ROWS_PER_STEP
+        # llama-server evaluates a sliding-window model's prompt in batches cut where 4 + its ubatch and 4 tokens remain
+        # (server-context.cpp, for its context checkpoints); the "ggml" backend's rows depend on their batch, so it
+        # cuts them there too
+        swa = engine.llamacpp_batches and bool(engine.model.cfg.sliding_window)
+        self.prompt_cuts = [c for c in (self.n_prompt - 4 - engine.n_batch, self.n_prompt - 4) if swa and c > n_cached]
 
 
 class Engine:
@@ -126,6 +131,9 @@ class Engine:
                                   getattr(model, "layer_devices", None))
         self._graphs = DecodeGraphs(model, self.cache) if DecodeGraphs.supported(model) else None  # whole model on one GPU
         self.eog = set(getattr(tokenizer, "eog_ids", ()) or ())
+        # llama.cpp's batches, one sequence at a time and no prefix reuse (the "ggml" backend reproduces llama.cpp's
+        # bits, which depend on how rows are batched): each prompt as llama-server runs it, then one row a step
+        self.llamacpp_batches = getattr(model, "ggml_order", False)
         self._waiting: list[Handle] = []
         self._running: list[_Sequence] = []
         self._lock = threading.Condition()
@@ -214,11 +222,11 @@ class Engine:
     def _admit(self) -> None:
         while True:
             with self._lock:
-                if not self._waiting or len(self._running) >= self.n_seq_max:
+                if not self._waiting or len(self._running) >= (1 if self.llamacpp_batches else self.n_seq_max):
                     return
                 handle = self._waiting[0]
             prompt = list(handle.request.prompt)
-            pages, key = self.cache.match_prefix(prompt, len(prompt) - 1)
+            pages, key = self.cache.match_prefix(prompt, 0 if self.llamacpp_batches else len(prompt) - 1)
             n_cached = len(pages) * self.cache.page_size
             need = -(-(len(prompt) + 1) // self.cache.page_size) - len(pages)
             try:
@@ -253,8 +261,8 @@ class Engine:
             # index_copy_/index_select: ~5x faster on the CPU than indexing with a tensor (index_put/index)
             kc.index_copy_(0, slots, k.to(kc.dtype))
             vc.index_copy_(0, slots, v.to(vc.dtype))
-            return attention(q, kc.index_select(0, k_slots), vc.index_select(0, k_slots), q_pos, k_pos, spec.scale, spec.window,
-                             spec.softcap)
+            return attention_of(spec)(q, kc.index_select(0, k_slots), vc.index_select(0, k_slots), q_pos, k_pos, spec.scale,
+                                      spec.window, spec.softcap)
 
         return attend
 
@@ -268,14 +276,18 @@ class Engine:
             if (window, device) not in tables:
                 key_slots = [cache.slots(s.pages, max(0, pos - window + 1) if window else 0, pos + 1) for s, pos in rows]
                 groups = [RowGroup(*(t.to(device) for t in (g.rows, g.slots, g.hidden))) for g in group_rows(key_slots)]
-                tables[(window, device)] = torch.cat([slots[-1:] for slots in key_slots]).to(device), groups
+                tables[(window, device)] = torch.cat([slots[-1:] for slots in key_slots]).to(device), groups, key_slots
             return tables[(window, device)]
 
         def attend(spec, q, k, v):
             kc, vc = cache.k[spec.index], cache.v[spec.index]
-            write, groups = table(spec.window, kc.device)
+            write, groups, key_slots = table(spec.window, kc.device)
             kc.index_copy_(0, write, k.to(kc.dtype))
             vc.index_copy_(0, write, v.to(vc.dtype))
+            if spec.ggml_order:  # row by row through llama.cpp's kernel for one query row (batch-invariant by nature)
+                return torch.cat([attention_of(spec)(q[i : i + 1], kc.index_select(0, slots), vc.index_select(0, slots), torch.tensor([pos]),
+                                                     torch.arange(pos + 1 - len(slots), pos + 1), spec.scale, spec.window, spec.softcap)
+                                  for i, ((_, pos), slots) in enumerate(zip(rows, key_slots, strict=True))])
             if len(groups) == 1:  # rows in batch order
                 return attend_rows(q, kc, vc, groups[0], spec.scale, spec.softcap)
             out = q.new_empty(q.shape[0], q.shape[1] * vc.shape[2])
@@ -287,7 +299,7 @@ class Engine:
 
     def _prefill_chunk(self, seq: _Sequence) -> None:
         start = seq.n_computed
-        stop = min(seq.n_prompt, start + self.n_batch)
+        stop = min([seq.n_prompt, start + self.n_batch] + [c for c in seq.prompt_cuts if c > start])
         tokens = torch.tensor(seq.tokens[start:stop])
         last = stop == seq.n_prompt
         out_rows = torch.tensor([stop - start - 1]) if last else torch.tensor([], dtype=torch.long)

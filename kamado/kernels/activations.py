@@ -36,7 +36,7 @@ _1 = torch.tensor(1.0)
 def quantize_q8_0(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_row_q8_0(x) along the last axis (a multiple of 32): quants (..., blocks, 32) as float32 integers and
     the blocks' fp16 scales d (..., blocks) as float32."""
-    blocks = x.float().reshape(*x.shape[:-1], -1, 32)
+    blocks = x.float().reshape(*x.shape[:-1], x.shape[-1] // 32, 32)  # (an empty x too)
     # A block's max is lifted to 1e-30 so that a zero block divides by no zero: below ~3e-6 its fp16 d is 0 anyway.
     amax = torch.amax(blocks.abs(), dim=-1, keepdim=True).clamp_min_(1e-30)
     d = amax.div(127.0).half().float()
@@ -53,7 +53,7 @@ def quantize_q8_k(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_row_q8_K_ref(x) along the last axis (a multiple of 256), with ggml's signs: iscale = -127 / (the value
     of largest magnitude, the first on ties), q = min(127, round(iscale * x)), d = 1 / iscale. Quants (..., blocks,
     256) as float32 integers, d (..., blocks); a zero block gets q = 0, d = 0."""
-    blocks = x.float().reshape(*x.shape[:-1], -1, 256)
+    blocks = x.float().reshape(*x.shape[:-1], x.shape[-1] // 256, 256)
     peak = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))
     iscale = torch.div(-_127, torch.where(peak == 0, 1.0, peak))
     q = torch.mul(blocks, iscale).round_().clamp_max_(127.0)
@@ -68,7 +68,7 @@ def round_q8_k(x: torch.Tensor) -> torch.Tensor:
     the same q * d (rounding half to even is symmetric, and (-a) * (-b) == a * b), and no q passes 127, so this is
     round(x * s) * (1 / s) with s = 127 / max|x| (a zero block stays zero: its max is lifted to 1e-30).
     """
-    blocks = x.float().reshape(*x.shape[:-1], -1, 256)
+    blocks = x.float().reshape(*x.shape[:-1], x.shape[-1] // 256, 256)
     s = torch.div(_127, torch.amax(blocks.abs(), dim=-1, keepdim=True).clamp_min_(1e-30))
     return torch.mul(blocks, s).round_().mul_(s.reciprocal_()).reshape(x.shape)
 

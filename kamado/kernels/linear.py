@@ -113,18 +113,28 @@ class GgmlLinear(ReferenceLinear):
     (kamado/kernels/ggml_order.py); for other types x rounded as ggml-cpu rounds it (kamado.kernels.activations), then
     the exact float32 product. The yardstick of the fast CPU backend. (`rows`, a few outputs, takes the latter way.)
 
-    `ordered=False` (the output head): the latter way too; the ordered chain over a vocabulary-wide head would hold
-    GBs of float64 lanes and unpacked quants (262144 x 640 for Gemma 3), and no statistic kamado reproduces needs it."""
+    `logits=True` (the output head): the ordered chain over a vocabulary-wide head would hold GBs of float64 lanes and
+    unpacked quants (262144 x 640 for Gemma 3), so the head takes the latter way, and then recomputes in ggml's order
+    the outputs within LOGIT_MARGIN of each row's best: those are the only ones whose last bits can decide a greedy
+    token (the two ways differ by ~1e-5 on logits of tens)."""
 
-    def __init__(self, tensor: QuantTensor, ordered: bool = True):
+    LOGIT_MARGIN = 0.01
+
+    def __init__(self, tensor: QuantTensor, logits: bool = False):
         super().__init__(tensor)
         self.round_input = activation_rounding(tensor.qtype)
-        self.ordered = OrderedProduct(tensor.raw, tensor.qtype) if ordered and tensor.qtype in ORDERED else None
+        self.in_order = tensor.qtype in ORDERED
+        self.ordered = OrderedProduct(tensor.raw, tensor.qtype) if self.in_order and not logits else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ordered is None:
-            return super().__call__(x)
-        return self.ordered(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        if self.ordered is not None:
+            return self.ordered(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        out = super().__call__(x)
+        if self.in_order:  # the head (logits=True): the best outputs of each row again, in order
+            for row, best in zip(x.reshape(-1, self.in_features), out.reshape(-1, self.out_features), strict=True):
+                ids = (best >= best.max() - self.LOGIT_MARGIN).nonzero()[:, 0]
+                best[ids] = OrderedProduct(self.tensor.raw[ids], self.tensor.qtype)(row[None])[0]
+        return out
 
 
 def _file_mapping(array: np.ndarray) -> mmap.mmap | None:
@@ -157,7 +167,8 @@ def embedding_rows(tensor: QuantTensor, ids: torch.Tensor) -> torch.Tensor:
 
 def make_linear(tensor: QuantTensor, backend: str = "cpu", logits: bool = False):
     """`logits`: the output projection, which the cpu backend computes without llama.cpp's activation rounding
-    (kamado/kernels/cpu.py, _input_rounding, says why) and the ggml backend without ggml's float order (GgmlLinear);
+    (kamado/kernels/cpu.py, _input_rounding, says why) and the ggml backend in ggml's float order only near the top
+    (GgmlLinear);
     the other backends compute it as any weight."""
     try:
         factory = BACKENDS[backend]
@@ -165,7 +176,7 @@ def make_linear(tensor: QuantTensor, backend: str = "cpu", logits: bool = False)
         raise KernelError(f"unknown kernel backend {backend!r}; available: {', '.join(BACKENDS)}") from None
     if backend == "cpu":
         return _cpu(tensor, logits)
-    return GgmlLinear(tensor, ordered=not logits) if backend == "ggml" else factory(tensor)
+    return GgmlLinear(tensor, logits) if backend == "ggml" else factory(tensor)
 
 
 def _cpu(tensor: QuantTensor, logits: bool = False):

@@ -19,7 +19,7 @@ from kamado.kernels import QuantTensor, embedding_rows, make_fused_linear, make_
 from kamado.models import exact, ggml_ops
 from kamado.models.blocks import ACTIVATIONS, Rope, RopeSpec, add_rms_norm, attention, rms_norm, top_k_routing
 from kamado.models.config import ModelConfig, ModelError
-from kamado.models.ggml_ops import GgmlRope, attention_tiled
+from kamado.models.ggml_ops import GgmlRope
 
 # The kernel backend whose models also compute activations and attention in plain float32 (kamado/models/exact.py).
 EXACT_BACKEND = "reference"
@@ -54,6 +54,9 @@ class ArchSpec:
     swa_pattern: int = 0  # 0: every layer uses the window (if any); n: layer il is local unless il % n == n - 1
     swa_rope_base: float = 0.0  # local layers' rope base when the file has no rope.freq_base_swa (Gemma 3), 0 = same as global
     big_attention_scale_layers: int = 0  # layer count of the variant scaling queries by 1/sqrt(n_embd/n_head) (Gemma 27B)
+    # llama.cpp multiplies Q by the attention scale before attending (kq_scale 1; Gemma, Phi-3): the same product, but
+    # ggml-cpu's one-row attention rounds Q to fp16, and small scaled values round differently from unscaled ones
+    scale_queries: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class LayerAttention:
     window: int
     softcap: float
     exact: bool = False  # plain float32 (exact.attention) rather than llama.cpp's fp16 K/V numerics
-    tiled: bool = False  # ggml-cpu's tiled flash-attention order (ggml_ops.attention_tiled, the "ggml" backend)
+    ggml_order: bool = False  # ggml-cpu's flash-attention kernels' float order (ggml_ops.attention, the "ggml" backend)
+    q_scale: float = 1.0  # multiplies the queries before `attend` (ArchSpec.scale_queries; `scale` is then 1)
 
 
 AttendFn = Callable[[LayerAttention, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -198,7 +202,8 @@ class DecoderModel(torch.nn.Module):
         out = t.get("output.weight", required=False) or self.token_embd  # tied embeddings
         self.output = make_linear(out, offload.backend if output_on_device else backend, logits=True)
         self.embed_scale = math.sqrt(cfg.n_embd) if arch.embed_scale else 1.0
-        self._build_attention(t, exact_math=backend == EXACT_BACKEND, ggml_order=backend == GGML_BACKEND)
+        self.ggml_order = backend == GGML_BACKEND  # the engine then batches rows as llama.cpp does (engine.py)
+        self._build_attention(t, exact_math=backend == EXACT_BACKEND, ggml_order=self.ggml_order)
 
     def _build_attention(self, t: _Tensors, exact_math: bool, ggml_order: bool) -> None:
         cfg, arch = self.cfg, self.arch
@@ -230,7 +235,11 @@ class DecoderModel(torch.nn.Module):
         self.attn, self.ropes = [], []
         for il in range(cfg.n_layer):
             local = bool(cfg.sliding_window) and (not arch.swa_pattern or il % arch.swa_pattern != arch.swa_pattern - 1)
-            self.attn.append(LayerAttention(il, scale, cfg.sliding_window if local else 0, cfg.attn_softcap, exact_math, ggml_order))
+            window = cfg.sliding_window if local else 0
+            if arch.scale_queries:
+                self.attn.append(LayerAttention(il, 1.0, window, cfg.attn_softcap, exact_math, ggml_order, q_scale=scale))
+            else:
+                self.attn.append(LayerAttention(il, scale, window, cfg.attn_softcap, exact_math, ggml_order))
             self.ropes.append(local_rope if local else global_rope)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -277,6 +286,8 @@ class DecoderModel(torch.nn.Module):
                     tables[key] = rope.tables(*trig[key], cfg.head_dim)
                 qk = rope.rotate(qk, *tables[key])
             q, k = qk[:, : cfg.n_head], qk[:, cfg.n_head :]
+            if spec.q_scale != 1.0:
+                q = q * torch.tensor(spec.q_scale, dtype=q.dtype)
             a = layer.o(attend(spec, q, k, v))
             if layer.post_attn_norm is not None:
                 a = rms_norm(a, layer.post_attn_norm, cfg.eps)
@@ -297,6 +308,11 @@ class DecoderModel(torch.nn.Module):
         return self.logits(h if output_rows is None else h[output_rows])
 
 
+def attention_of(spec: LayerAttention):
+    """The attention function (blocks.attention's contract) of a layer's backend."""
+    return exact.attention if spec.exact else ggml_ops.attention if spec.ggml_order else attention
+
+
 def solo_attend(n_layer: int) -> AttendFn:
     """An `attend` for one sequence without a paged cache (tests, simple callers): keeps K/V in lists per layer."""
     keys: list = [None] * n_layer
@@ -308,7 +324,6 @@ def solo_attend(n_layer: int) -> AttendFn:
         values[il] = v if values[il] is None else torch.cat([values[il], v])
         k_pos = torch.arange(keys[il].shape[0])
         q_pos = k_pos[-q.shape[0] :]
-        compute = exact.attention if spec.exact else attention_tiled if spec.tiled else attention
-        return compute(q, keys[il], values[il], q_pos, k_pos, spec.scale, spec.window, spec.softcap)
+        return attention_of(spec)(q, keys[il], values[il], q_pos, k_pos, spec.scale, spec.window, spec.softcap)
 
     return attend

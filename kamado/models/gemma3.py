@@ -5,6 +5,7 @@ from kamado.models.decoder import ArchSpec
 
 ARCHS = {
     "gemma3": ArchSpec(
-        "gemma3", embed_scale=True, post_norms=True, activation="gelu", swa_pattern=6, swa_rope_base=10000.0, big_attention_scale_layers=62
+        "gemma3", embed_scale=True, post_norms=True, activation="gelu", swa_pattern=6, swa_rope_base=10000.0, big_attention_scale_layers=62,
+        scale_queries=True,
     )
 }

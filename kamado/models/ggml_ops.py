@@ -7,10 +7,19 @@ with kamado/kernels/ggml_order.py a 256-row forward pass reproduces llama.cpp bi
 - RoPE: cos/sin of the float32 angles from the C library's cosf/sinf (glibc; through ctypes), and the rotation as
   GCC contracts ggml's rotate_pairs: a' = fma(a, cos, -(b*sin)), b' = fma(a, sin, b*cos).
 - GELU: blocks.gelu_tanh (ggml's fp16 table) with ggml's 0 for x <= -10.
-- Attention with >= 64 query rows: ggml-cpu's tiled flash-attention kernel (64 x 64 tiles): Q.K as a sequential fma
-  chain over the head dimension with fp16 keys, online softmax per key tile with ggml_v_expf (AVX-512 form) and
-  sums of 16 lanes in double, the running max rescaled with libm expf, values (fp16) accumulated by fma key by key.
-  Fewer query rows run ggml's one-row kernel (fp16 accumulator), which is not emulated: blocks.attention serves them.
+- SiLU (SwiGLU): ggml_vec_swiglu_f32's AVX-512 loop, x / (1 + ggml_v_expf(0 - x)) 16 lanes at a time, the row's
+  tail with libm expf.
+- Attention, as ggml_compute_forward_flash_attn_ext picks its kernel (`attention`):
+  * >= 64 query rows: the tiled kernel (64 x 64 tiles): Q.K as a sequential fma chain over the head dimension with
+    fp16 keys, online softmax per key tile with ggml_v_expf (AVX-512 form) and sums of 16 lanes in double, the
+    running max rescaled with libm expf, values (fp16) accumulated by fma key by key.
+  * fewer rows: the one-row kernel: Q rounded to fp16, Q.K by ggml_vec_dot_f16 (4 x 16 float lanes), keys one by
+    one with libm expf, S = fma(S, ms, vs) (GCC contracts it), the V accumulator kept in fp16 (rounded after every
+    key), then * 1/S.
+  * one query row over a KV view of >= 512 cells: split-KV: the view cut into one chunk per thread, the one-row
+    kernel on each, the partials merged in chunk order with fma-contracted rescaling.
+  llama.cpp's view is the used cells padded to 256; a kamado sequence is taken to sit in cells 0.. in position order
+  (one sequence in a fresh llama.cpp cache), so the view is its positions padded to 256.
 
 fma(a, b, c) is emulated in float64 as in ggml_order.fma.
 """
@@ -27,9 +36,13 @@ import torch
 
 from kamado.kernels.ggml_order import fma
 from kamado.models.blocks import ACTIVATIONS as BLOCK_ACTIVATIONS
-from kamado.models.blocks import Rope, attention, gelu_tanh
+from kamado.models.blocks import Rope, gelu_tanh
+from kamado.models.blocks import attention as blocks_attention
 
 TILE = 64  # ggml-cpu's flash-attention tiles (GGML_FA_TILE_Q, GGML_FA_TILE_KV)
+SPLIT_KV_CELLS = 512  # a single query row over a view of at least this many cells takes the split-KV path
+CELL_PAD = 256  # llama.cpp pads the KV view to a multiple of this (flash attention on)
+LANES = 16  # float32 lanes of an AVX-512 vector
 
 
 def _libm():
@@ -89,14 +102,26 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= -10.0, 0.0, gelu_tanh(x))
 
 
-ACTIVATIONS = {**BLOCK_ACTIVATIONS, "gelu": gelu}
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """ggml_vec_swiglu_f32's SiLU (the product with the up half is the caller's): 16-lane blocks of each row through
+    ggml_v_silu, x / (1 + ggml_v_expf(0 - x)); the row's last n % 16 values through ggml_silu_f32 (libm expf)."""
+    n = x.shape[-1]
+    main = n - n % LANES
+    one = torch.tensor(1.0)
+    head = x[..., :main] / (one + v_expf(0.0 - x[..., :main]))
+    tail = x[..., main:] / (one + libm_float("expf", -x[..., main:]))
+    return torch.cat([head, tail], dim=-1)
+
+
+ACTIVATIONS = {**BLOCK_ACTIVATIONS, "gelu": gelu, "silu": silu}
 
 _E = [float.fromhex(h) for h in ("0x1.8p23", "0x1.715476p+0", "0x1.62e4p-1", "0x1.7f7d1cp-20", "0x1.0e4020p-7",
                                  "0x1.573e2ep-5", "0x1.555e66p-3", "0x1.fffdb6p-2", "0x1.ffffecp-1")]
 
 
 def v_expf(x: torch.Tensor) -> torch.Tensor:
-    """ggml_v_expf, AVX-512 form, for x <= 0 (softmax): 2^n * p(b) with n = round(x / ln 2); 0 where n <= -192."""
+    """ggml_v_expf, AVX-512 form: 2^n * p(b) with n = round(x / ln 2) (one rounding, as _mm512_scalef_ps); 0 where
+    n <= -192, inf where n > 192 (past float32's range anyway)."""
     r, log2e, ln2_hi, ln2_lo, c5, c4, c3, c2, c1 = (torch.tensor(v, dtype=torch.float32) for v in _E)
     z = fma(x, log2e, r)
     n = z - r
@@ -114,12 +139,9 @@ def _reduce16(v: torch.Tensor) -> torch.Tensor:
     return (b[..., 0] + b[..., 2]) + (b[..., 1] + b[..., 3])
 
 
-def attention_tiled(q, k, v, q_pos, k_pos, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
-    """blocks.attention's contract (q (T, H, D), k/v (S, Hkv, D*) -> (T, H*Dv)) in ggml-cpu's tiled kernel's order;
-    fewer than 64 query rows or soft-capping: blocks.attention."""
+def attention_tiled(q, k, v, q_pos, k_pos, scale: float, window: int = 0) -> torch.Tensor:
+    """`attention` through ggml-cpu's tiled kernel, whatever the row count (ggml takes it from 64 rows on)."""
     n_tok, n_head, n_kv = q.shape[0], q.shape[1], k.shape[1]
-    if n_tok < TILE or softcap:
-        return attention(q, k, v, q_pos, k_pos, scale, window, softcap)
     group, n_keys, dv = n_head // n_kv, k.shape[0], v.shape[2]
     tq, tk = math.ceil(n_tok / TILE) * TILE, math.ceil(n_keys / TILE) * TILE
     qh = torch.zeros(n_head, tq, q.shape[2])
@@ -163,3 +185,87 @@ def attention_tiled(q, k, v, q_pos, k_pos, scale: float, window: int = 0, softca
     inv = torch.where(s == 0, 0.0, torch.div(torch.tensor(1.0), s))
     out = (acc * inv[..., None])[:, :n_tok]
     return out.transpose(0, 1).reshape(n_tok, n_head * dv)
+
+
+def _dot_f16(qh: torch.Tensor, kh: torch.Tensor) -> torch.Tensor:
+    """ggml_vec_dot_f16 on AVX-512 without FP16 arithmetic, every query row with every key: qh (T, D), kh (S, D)
+    (fp16 values as float32) -> (T, S). Four accumulators of 16 lanes over steps of 64, folded (0+2, 1+3, then 0+1)
+    and reduced (_reduce16); leftover elements (D % 64) added in double, each product rounded to float32 first."""
+    n_tok, dim = qh.shape
+    main = dim - dim % (4 * LANES)
+    acc = torch.zeros(n_tok, kh.shape[0], 4, LANES)
+    for i in range(0, main, 4 * LANES):
+        acc = fma(qh[:, None, i : i + 4 * LANES].reshape(n_tok, 1, 4, LANES), kh[None, :, i : i + 4 * LANES].reshape(1, -1, 4, LANES), acc)
+    folded = (acc[:, :, 0] + acc[:, :, 2]) + (acc[:, :, 1] + acc[:, :, 3])
+    total = _reduce16(folded).double()
+    for i in range(main, dim):
+        total += (qh[:, None, i] * kh[None, :, i]).double()
+    return total.float()
+
+
+def _one_row_partials(q, k, v, visible, scale):
+    """ggml's one-row kernel over the keys of `visible` (T, S), in key order: q (T, H, D), k (S, Hkv, D),
+    v (S, Hkv, Dv) -> the running max M (T, H), the sum S (T, H) and the V accumulator (T, H, Dv), not yet divided."""
+    n_tok, n_head, _ = q.shape
+    group = n_head // k.shape[1]
+    qh, kh, vh = q.half().float(), k.half().float(), v.half().float()
+    scores = torch.stack([_dot_f16(qh[:, h], kh[:, h // group]) for h in range(n_head)], dim=1)
+    scores = (scores * torch.tensor(scale, dtype=torch.float32)).masked_fill(~visible[:, None], float("-inf"))
+    # The running max after each key does not depend on the sums: take it for all keys at once, and with it every
+    # key's factor (ms where the key raises the max, vs where it does not), one libm call for the whole row.
+    m = scores.cummax(-1).values
+    m_prev = torch.cat([torch.full((n_tok, n_head, 1), float("-inf")), m[..., :-1]], dim=-1)
+    grow = scores > m_prev
+    live = visible[:, None].expand_as(scores)
+    factor = torch.zeros_like(scores)
+    factor[live] = libm_float("expf", torch.where(grow, m_prev - scores, scores - m_prev)[live])
+    ms, vs = torch.where(grow, factor, 1.0), torch.where(grow, 1.0, factor)
+    acc = torch.zeros(n_tok, n_head, v.shape[2])
+    total = torch.zeros(n_tok, n_head)
+    values = vh.repeat_interleave(group, dim=1)  # (S, H, Dv)
+    for j in range(k.shape[0]):  # key by key: the fp16 accumulator rounds after every step
+        rows = visible[:, j]
+        if not rows.any():
+            continue
+        scaled = torch.where(grow[:, :, j, None], (acc * ms[:, :, j, None]).half().float(), acc)
+        new_acc = fma(values[j], vs[:, :, j, None], scaled).half().float()
+        new_total = fma(total, ms[:, :, j], vs[:, :, j])
+        acc = torch.where(rows[:, None, None], new_acc, acc)
+        total = torch.where(rows[:, None], new_total, total)
+    return m[..., -1], total, acc
+
+
+def _divide(acc: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    inv = torch.where(total == 0, 0.0, torch.div(torch.tensor(1.0), total))
+    return acc * inv[..., None]
+
+
+def attention(q, k, v, q_pos, k_pos, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+    """blocks.attention's contract (q (T, H, D), k/v (S, Hkv, D*) in position order -> (T, H*Dv)) through the kernel
+    ggml-cpu picks (module docstring); soft-capping (Gemma 2): blocks.attention."""
+    n_tok, n_head = q.shape[:2]
+    if softcap:
+        return blocks_attention(q, k, v, q_pos, k_pos, scale, window, softcap)
+    if n_tok >= TILE:
+        return attention_tiled(q, k, v, q_pos, k_pos, scale, window)
+    delta = q_pos[:, None] - k_pos[None, :]
+    visible = (delta >= 0) & ((delta < window) if window else True)
+    n_cells = -(-(int(q_pos.max()) + 1) // CELL_PAD) * CELL_PAD
+    if n_tok > 1 or n_cells < SPLIT_KV_CELLS:
+        _, total, acc = _one_row_partials(q, k, v, visible, scale)
+        return _divide(acc, total).reshape(n_tok, -1)
+    # split-KV: chunk c holds the cells (positions) c * size .. (c + 1) * size - 1; partials merged in chunk order
+    threads = torch.get_num_threads()
+    size = -(-n_cells // threads)
+    m_f, s_f, acc_f = torch.full((1, n_head), float("-inf")), torch.zeros(1, n_head), torch.zeros(1, n_head, v.shape[2])
+    for c in range(threads):
+        in_chunk = visible & (k_pos >= c * size) & (k_pos < (c + 1) * size)
+        if not in_chunk.any():
+            continue
+        m_c, s_c, acc_c = _one_row_partials(q, k, v, in_chunk, scale)
+        m_new = torch.maximum(m_f, m_c)
+        old, new = libm_float("expf", m_f - m_new), libm_float("expf", m_c - m_new)
+        acc_f = fma(acc_f, old[..., None], acc_c * new[..., None])
+        s_f = fma(s_f, old, s_c * new)
+        m_f = m_new
+    return _divide(acc_f, s_f).reshape(1, -1)

@@ -3,4 +3,4 @@
 
 from kamado.models.decoder import ArchSpec
 
-ARCHS = {"phi3": ArchSpec("phi3")}
+ARCHS = {"phi3": ArchSpec("phi3", scale_queries=True)}
