@@ -77,6 +77,9 @@ def add_model_flags(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: torch's, normally every core)")
     p.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=2048,
                    help="prompt tokens computed per forward step (larger: faster prompts, more memory)")
+    p.add_argument("--kernels", choices=("cpu", "ggml"), default="cpu",
+                   help="CPU arithmetic: cpu = kamado's fast kernels (default); ggml = llama.cpp's x86 CPU arithmetic bit for "
+                        "bit (the same greedy tokens as llama.cpp, one sequence at a time, ~20x slower)")
     p.add_argument("--verbose", action="store_true", help="print loading details")
 
 
@@ -127,6 +130,7 @@ def load_llama(args, path: Path | None = None):
             last_n_tokens_size=getattr(args, "repeat_last_n", 64),
             chat_format=getattr(args, "chat_template", None),
             verbose=args.verbose,
+            kernels=args.kernels,
         )
     except (GGUFError, ValueError, OSError) as e:
         fail(str(e))

@@ -45,6 +45,8 @@ from kamado.models.decoder import attention_of
 # Rows of one forward that keep every row on the CPU decode kernel (batch invariance); also the longest uncached
 # prompt computed as rows of decode steps rather than as a chunk of its own.
 ROWS_PER_STEP = DECODE_ROWS
+# llama.cpp computes a batch in micro-batches of this many rows (its default n_ubatch)
+LLAMACPP_UBATCH = 512
 
 
 class ContextOverflowError(ValueError):
@@ -118,7 +120,7 @@ class _Sequence:
         # (server-context.cpp, for its context checkpoints); the "ggml" backend's rows depend on their batch, so it
         # cuts them there too
         swa = engine.llamacpp_batches and bool(engine.model.cfg.sliding_window)
-        self.prompt_cuts = [c for c in (self.n_prompt - 4 - engine.n_batch, self.n_prompt - 4) if swa and c > n_cached]
+        self.prompt_cuts = [c for c in (self.n_prompt - 4 - engine.chunk, self.n_prompt - 4) if swa and c > n_cached]
 
 
 class Engine:
@@ -126,7 +128,7 @@ class Engine:
                  n_batch: int = 512, page_size: int = 16):
         cfg = model.cfg
         self.model, self.tokenizer = model, tokenizer
-        self.n_ctx, self.n_seq_max, self.n_batch = n_ctx, n_seq_max, n_batch
+        self.n_ctx, self.n_seq_max = n_ctx, n_seq_max
         self.cache = PagedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, kv_tokens or n_ctx * n_seq_max, page_size,
                                   getattr(model, "layer_devices", None))
         self._graphs = DecodeGraphs(model, self.cache) if DecodeGraphs.supported(model) else None  # whole model on one GPU
@@ -134,6 +136,7 @@ class Engine:
         # llama.cpp's batches, one sequence at a time and no prefix reuse (the "ggml" backend reproduces llama.cpp's
         # bits, which depend on how rows are batched): each prompt as llama-server runs it, then one row a step
         self.llamacpp_batches = getattr(model, "ggml_order", False)
+        self.chunk = min(n_batch, LLAMACPP_UBATCH) if self.llamacpp_batches else n_batch  # prompt rows per forward
         self._waiting: list[Handle] = []
         self._running: list[_Sequence] = []
         self._lock = threading.Condition()
@@ -299,7 +302,7 @@ class Engine:
 
     def _prefill_chunk(self, seq: _Sequence) -> None:
         start = seq.n_computed
-        stop = min([seq.n_prompt, start + self.n_batch] + [c for c in seq.prompt_cuts if c > start])
+        stop = min([seq.n_prompt, start + self.chunk] + [c for c in seq.prompt_cuts if c > start])
         tokens = torch.tensor(seq.tokens[start:stop])
         last = stop == seq.n_prompt
         out_rows = torch.tensor([stop - start - 1]) if last else torch.tensor([], dtype=torch.long)

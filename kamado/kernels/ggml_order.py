@@ -156,7 +156,9 @@ def q6k_product(xq: torch.Tensor, xd: torch.Tensor, w: Q6KWeights) -> torch.Tens
     return hsum8(acc)
 
 
-# Outputs computed at once: keeps each step's float64 lanes (8 x M x SLICE) in cache, 6x faster than whole tensors.
+# Outputs computed at once for 64 rows or more: keeps each step's float64 lanes (8 x M x SLICE) in cache, 6x faster
+# than whole tensors at 256 rows; fewer rows take proportionally more outputs at once (a decode row: 64 x SLICE), where
+# the cost is the number of torch calls, not the cache.
 SLICE = 128
 
 
@@ -189,5 +191,5 @@ class OrderedProduct:
             (q, d), product = quantize_q8_0(x), legacy_product
         else:
             (q, d), product = quantize_q8_k(x), q4k_product if self.qtype == T.Q4_K else q6k_product
-        n = w.d.shape[0]
-        return torch.cat([product(q, d, _rows(w, a, min(n, a + SLICE))) for a in range(0, n, SLICE)], dim=-1)
+        n, step = w.d.shape[0], SLICE * max(1, 64 // max(1, len(x)))
+        return torch.cat([product(q, d, _rows(w, a, min(n, a + step))) for a in range(0, n, step)], dim=-1)

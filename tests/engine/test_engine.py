@@ -119,3 +119,25 @@ def test_submit_is_thread_safe(model):
     for t in threads:
         t.join()
     assert all(results[i] == greedy_loop(engine.model, [i + 1, 7], 6) for i in range(6))
+
+
+@pytest.mark.parametrize("arch,batches", [("gemma3", [8, 4]), ("qwen2", [12])])
+def test_ggml_backend_runs_prompts_in_llama_servers_batches(arch, batches, monkeypatch):
+    """The "ggml" backend's rows depend on their batch, so its engine batches as llama-server: a sliding-window
+    model's prompt apart from its last 4 tokens, then one row a step, one sequence at a time, no prefix reuse."""
+    model = tiny_model(arch, "ggml", **({"attention.sliding_window": 8} if arch == "gemma3" else {}))
+    prompt = [1, 5, 9, 13, 2, 7, 30, 31, 32, 40, 41, 3]
+    plain, pos, attend = [], 0, solo_attend(model.cfg.n_layer)
+    with torch.inference_mode():  # the same batches by hand
+        for rows in [prompt[:batches[0]], prompt[batches[0]:]][: len(batches)] + [None] * 3:
+            rows = rows if rows is not None else [plain[-1]]
+            logits = model(torch.tensor(rows), torch.arange(pos, pos + len(rows)), attend, torch.tensor([len(rows) - 1]))
+            pos += len(rows)
+            plain.append(int(logits[0].argmax()))
+    sizes = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda tokens, *a: sizes.append(len(tokens)) or forward(tokens, *a))
+    engine = Engine(model, n_ctx=64, n_seq_max=4)
+    handles = [engine.submit(Request(prompt, SamplingParams(temperature=0), 4)) for _ in range(2)]
+    assert [tokens_of(h) for h in handles] == [plain[len(batches) - 1:]] * 2
+    assert sizes == (batches + [1] * 3) * 2

@@ -157,3 +157,21 @@ def test_q6_k_follows_the_avx2_unsigned_lane_order():
     got = OrderedProduct(torch.from_numpy(raw), T.Q6_K)(torch.from_numpy(x)).numpy()
     want = [[q6k_dot(xr, wr) for wr in raw] for xr in x]
     np.testing.assert_array_equal(got, np.array(want, F))
+
+
+def test_the_ggml_heads_best_outputs_come_in_the_8_lane_order_the_rest_as_the_plain_product():
+    from kamado.kernels.activations import round_q8_0
+    from kamado.kernels.linear import QuantTensor, ReferenceLinear, make_linear
+
+    rng = np.random.default_rng(16)
+    raw = random_rows(rng, 300, 4, 34, [0])
+    raw[7] = raw[3]  # two equal rows: a tie for the best logit that only the order can break alike
+    x = torch.from_numpy(heavy_tailed(rng, 3, 128))
+    tensor = QuantTensor("output.weight", T.Q8_0, (300, 128), torch.from_numpy(raw))
+    got = make_linear(tensor, "ggml", logits=True)(x)
+    ordered = OrderedProduct(tensor.raw, T.Q8_0)(x)
+    plain = ReferenceLinear(tensor)(round_q8_0(x))  # ggml's rounding of x, then the float32 product
+    near = got >= got.max(-1, keepdim=True).values - 0.01
+    assert near.sum() >= 3
+    np.testing.assert_array_equal(got[near].numpy(), ordered[near].numpy())
+    np.testing.assert_array_equal(got[~near].numpy(), plain[~near].numpy())
