@@ -67,12 +67,19 @@ def greedy_gaps(engine, records: list[dict]) -> tuple[list[float], float, int]:
         events = [e for e in engine.submit(request) if isinstance(e, TokenEvent)]
         tokens = [e.token for e in events]
         same += tokens == rec["tokens"]
+        # llama-server reports no probabilities for a token that ends inside a UTF-8 character (it is held back):
+        # the recorded entries belong, in order, to the steps whose token is their most likely one
+        recorded = iter(rec["top_logprobs"])
+        entry = next(recorded, None)
         for step, event in enumerate(events):
-            if tokens[: step + 1] != rec["tokens"][: step + 1]:
+            if entry is None or tokens[: step + 1] != rec["tokens"][: step + 1]:
                 break
+            if entry[0][0] != event.token:
+                continue
             ours = dict(event.top)
-            gap = max([0.0] + [abs(ours[t] - lp) for t, lp in rec["top_logprobs"][step] if t in ours])
+            gap = max([0.0] + [abs(ours[t] - lp) for t, lp in entry if t in ours])
             if step == 0:
                 first.append(gap)
             worst = max(worst, gap)
+            entry = next(recorded, None)
     return first, worst, same

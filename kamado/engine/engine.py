@@ -137,6 +137,7 @@ class Engine:
         # bits, which depend on how rows are batched): each prompt as llama-server runs it, then one row a step
         self.llamacpp_batches = getattr(model, "ggml_order", False)
         self.chunk = min(n_batch, LLAMACPP_UBATCH) if self.llamacpp_batches else n_batch  # prompt rows per forward
+        self._slot: tuple[list[int], list[int]] = ([], [])  # llamacpp_batches: the last request's tokens and pages
         self._waiting: list[Handle] = []
         self._running: list[_Sequence] = []
         self._lock = threading.Condition()
@@ -229,8 +230,11 @@ class Engine:
                     return
                 handle = self._waiting[0]
             prompt = list(handle.request.prompt)
-            pages, key = self.cache.match_prefix(prompt, 0 if self.llamacpp_batches else len(prompt) - 1)
-            n_cached = len(pages) * self.cache.page_size
+            if self.llamacpp_batches:
+                pages, key, n_cached = self._slot_prefix(prompt)
+            else:
+                pages, key = self.cache.match_prefix(prompt, len(prompt) - 1)
+                n_cached = len(pages) * self.cache.page_size
             need = -(-(len(prompt) + 1) // self.cache.page_size) - len(pages)
             try:
                 pages += self.cache.allocate(need)
@@ -245,6 +249,21 @@ class Engine:
             with self._lock:
                 self._waiting.pop(0)
             self._running.append(_Sequence(handle, prompt, pages, key, n_cached, self))
+
+    def _slot_prefix(self, prompt: list[int]) -> tuple[list[int], bytes, int]:
+        """llama-server's prompt cache for one slot: the new prompt keeps the K/V of its longest common prefix with the
+        slot's last request (at least one prompt token is computed); the other pages are freed. A sliding-window
+        model keeps nothing (the server restores no checkpoint for these prompts)."""
+        tokens, pages = self._slot
+        self._slot = ([], [])
+        n = 0
+        if not self.model.cfg.sliding_window:
+            limit = min(len(tokens), len(prompt) - 1)
+            while n < limit and tokens[n] == prompt[n]:
+                n += 1
+        keep = -(-n // self.cache.page_size)
+        self.cache.release(pages[keep:])
+        return pages[:keep], b"", n
 
     def _prefill_attend(self, seq: _Sequence, start: int, stop: int):
         """An `attend` callback for the prompt rows start..stop-1 of one sequence."""
@@ -338,9 +357,10 @@ class Engine:
         return dict(zip(rows, picks, strict=True)) if picks is not None else {}
 
     def _computed(self, seq: _Sequence, n: int) -> None:
-        """K/V of seq.tokens[:n] are stored: register newly completed pages for prefix sharing."""
+        """K/V of seq.tokens[:n] are stored: register newly completed pages for prefix sharing (not with llama.cpp's
+        batches, whose slot pages are rewritten past the common prefix)."""
         ps = self.cache.page_size
-        for p in range(seq.n_computed // ps, n // ps):
+        for p in range(seq.n_computed // ps, n // ps if not self.llamacpp_batches else 0):
             seq.key = self.cache.chain(seq.key, seq.tokens[p * ps : (p + 1) * ps])
             self.cache.register(seq.pages[p], seq.key)
         seq.n_computed = n
@@ -378,7 +398,11 @@ class Engine:
                 text += "" if hit else seq.stop.flush()
         seq.done = True
         self._running.remove(seq)
-        self.cache.release(seq.pages)
+        if self.llamacpp_batches and reason in ("stop", "length"):
+            self.cache.release(self._slot[1])
+            self._slot = (seq.tokens[: seq.n_computed], seq.pages)
+        else:
+            self.cache.release(seq.pages)
         seq.pages = []
         seq.handle.events.put(FinishEvent(reason, seq.n_prompt, seq.generated, seq.n_cached, text, error))
 

@@ -55,7 +55,7 @@ def llamas(monkeypatch):
     from kamado.cli import common
 
     def load(args, path=None):
-        key = (str(path or args.model), args.ctx_size, args.n_gpu_layers, args.batch_size, args.threads, args.chat_template)
+        key = (str(path or args.model), args.ctx_size, args.n_gpu_layers, args.batch_size, args.threads, args.chat_template, args.kernels)
         if key not in _LLAMAS:
             _LLAMAS[key] = common.load_llama(args, path)
         return _LLAMAS[key]
@@ -103,17 +103,19 @@ def greedy_records() -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8"))["greedy"] if path.exists() else []
 
 
-# Not strict: 2 of the 8 prompts already continue exactly as llama.cpp (they show as XPASS).
-@pytest.mark.xfail(reason="issue 4/6: greedy parity with llama.cpp not reached (bit-exact arithmetic needed, docs/NUMERICS.md)")
-@pytest.mark.parametrize("record", greedy_records() or [pytest.param(None, marks=pytest.mark.skip("reference data absent"))],
+# Two of the eight records (the API test, tests/test_llama.py, runs all of them): "The capital of France is" (issue 6's
+# command line; its prompt is cut 2 + 4 as llama-server cuts it) and one whose first batch leaves Q4_K rows to the GEMV.
+@pytest.mark.slow
+@pytest.mark.parametrize("record", greedy_records()[:4:3] or [pytest.param(None, marks=pytest.mark.skip("reference data absent"))],
                          ids=lambda r: r["prompt"][:24] if r else "absent")
 def test_greedy_continuation_matches_llama_cpp(record, gemma_path, llamas, monkeypatch, capsys):
-    """`kamado run -p PROMPT -n 48 --temp 0 -no-cnv` prints llama.cpp's greedy continuation (llama-server, top_k 1)."""
+    """`kamado run -p PROMPT -n 48 --temp 0 -no-cnv --kernels ggml` prints llama.cpp's greedy continuation
+    (llama-server, top_k 1): the "ggml" kernels compute as llama.cpp's CPU backend, bit for bit."""
     from kamado.tokenizer import Tokenizer
 
     expected = Tokenizer.from_gguf(gemma_path).decode(record["tokens"])
-    code, out, _ = kamado(["run", "-m", str(gemma_path), "-p", record["prompt"], "-n", "48", "--temp", "0", "-no-cnv", "--no-escape"],
-                          monkeypatch, capsys)
+    code, out, _ = kamado(["run", "-m", str(gemma_path), "-p", record["prompt"], "-n", "48", "--temp", "0", "-no-cnv", "--no-escape",
+                           "--kernels", "ggml"], monkeypatch, capsys)
     assert code == 0
     assert out.rstrip("\n") == record["prompt"] + expected.rstrip("\n")
 

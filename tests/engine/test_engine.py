@@ -121,15 +121,16 @@ def test_submit_is_thread_safe(model):
     assert all(results[i] == greedy_loop(engine.model, [i + 1, 7], 6) for i in range(6))
 
 
-@pytest.mark.parametrize("arch,batches", [("gemma3", [8, 4]), ("qwen2", [12])])
-def test_ggml_backend_runs_prompts_in_llama_servers_batches(arch, batches, monkeypatch):
-    """The "ggml" backend's rows depend on their batch, so its engine batches as llama-server: a sliding-window
-    model's prompt apart from its last 4 tokens, then one row a step, one sequence at a time, no prefix reuse."""
+@pytest.mark.parametrize("arch,batches,again", [("gemma3", [8, 4], [8, 4]), ("qwen2", [12], [1])])
+def test_ggml_backend_runs_prompts_in_llama_servers_batches(arch, batches, again, monkeypatch):
+    """The "ggml" backend's rows depend on their batch, so its engine batches as llama-server: one sequence at a time,
+    a sliding-window model's prompt apart from its last 4 tokens, then one row a step; the next prompt keeps the K/V
+    of its common prefix with the last request (all but its last token here), except on a sliding-window model."""
     model = tiny_model(arch, "ggml", **({"attention.sliding_window": 8} if arch == "gemma3" else {}))
     prompt = [1, 5, 9, 13, 2, 7, 30, 31, 32, 40, 41, 3]
     plain, pos, attend = [], 0, solo_attend(model.cfg.n_layer)
     with torch.inference_mode():  # the same batches by hand
-        for rows in [prompt[:batches[0]], prompt[batches[0]:]][: len(batches)] + [None] * 3:
+        for rows in [prompt[: batches[0]], prompt[batches[0] :]][: len(batches)] + [None] * 3:
             rows = rows if rows is not None else [plain[-1]]
             logits = model(torch.tensor(rows), torch.arange(pos, pos + len(rows)), attend, torch.tensor([len(rows) - 1]))
             pos += len(rows)
@@ -139,5 +140,7 @@ def test_ggml_backend_runs_prompts_in_llama_servers_batches(arch, batches, monke
     monkeypatch.setattr(model, "forward", lambda tokens, *a: sizes.append(len(tokens)) or forward(tokens, *a))
     engine = Engine(model, n_ctx=64, n_seq_max=4)
     handles = [engine.submit(Request(prompt, SamplingParams(temperature=0), 4)) for _ in range(2)]
-    assert [tokens_of(h) for h in handles] == [plain[len(batches) - 1:]] * 2
-    assert sizes == (batches + [1] * 3) * 2
+    events = [list(h) for h in handles]
+    assert tokens_of(events[0]) == plain[len(batches) - 1 :]
+    assert sizes == batches + [1] * 3 + again + [1] * 3
+    assert [e[-1].cached_tokens for e in events] == [0, 12 - sum(again)]
