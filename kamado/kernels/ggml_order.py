@@ -76,14 +76,15 @@ def legacy_product(xq: torch.Tensor, xd: torch.Tensor, w: LegacyWeights) -> torc
     n = w.d.shape[0]
     xl, wl = xq.reshape(m, nb, 8, 4), w.q.reshape(n, nb, 8, 4).float()
     scale = xd.t()[:, :, None] * w.d.t()[:, None, :]  # d_x * d_w in float32, (nb, M, N)
-    acc = torch.zeros(8, m, n)
+    acc = torch.zeros(8, m, n, dtype=torch.float64)  # float32 values
     step = max(1, DOTS // (8 * m * n))  # blocks whose lane dots are taken in one product
     for b0 in range(0, nb, step):
-        # every lane's integer dot, exact in float32 (4 products of at most 128 * 127)
+        # every lane's integer dot, exact in float32 (4 products of at most 128 * 127), times d_x * d_w: exact in
+        # float64; each block's fma(d, dot, acc) is then one float64 add rounded to float32 (module docstring)
         dots = torch.einsum("mbkj,nbkj->bkmn", xl[:, b0 : b0 + step], wl[:, b0 : b0 + step])
-        for b in range(dots.shape[0]):
-            acc = fma(dots[b], scale[b0 + b], acc)
-    return hsum8(acc)
+        for term in dots.double().mul_(scale[b0 : b0 + step, None].double()):
+            acc = term.add_(acc).float().double()
+    return hsum8(acc.float())
 
 
 # 12 scale bytes that decode to sc = 1, min = 0 for all eight sub-blocks (get_scale_min_k4's layout)
