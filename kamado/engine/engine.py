@@ -307,8 +307,9 @@ class Engine:
             kc.index_copy_(0, write, k.to(kc.dtype))
             vc.index_copy_(0, write, v.to(vc.dtype))
             if spec.ggml_order:  # row by row through llama.cpp's kernel for one query row (batch-invariant by nature)
-                return torch.cat([attention_of(spec)(q[i : i + 1], kc.index_select(0, slots), vc.index_select(0, slots), torch.tensor([pos]),
-                                                     torch.arange(pos + 1 - len(slots), pos + 1), spec.scale, spec.window, spec.softcap)
+                compute = attention_of(spec)
+                return torch.cat([compute(q[i : i + 1], kc.index_select(0, slots), vc.index_select(0, slots), torch.tensor([pos]),
+                                          torch.arange(pos + 1 - len(slots), pos + 1), spec.scale, spec.window, spec.softcap)
                                   for i, ((_, pos), slots) in enumerate(zip(rows, key_slots, strict=True))])
             if len(groups) == 1:  # rows in batch order
                 return attend_rows(q, kc, vc, groups[0], spec.scale, spec.softcap)
