@@ -26,7 +26,8 @@ from kamado.kernels.triton.linear import TritonLinear
 SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 4096)]  # (out, in) as in Llama-3-8B
 DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16", "BF16"]
 ROTATE_BYTES = 256 << 20
-# GEMV configs: (BLOCK_N, BLOCK_K, num_warps) with linear.GEMV_MIN_PROGRAMS (K is split until that many programs).
+# GEMV configs: (BLOCK_N, BLOCK_K, num_warps) with linear.GEMV_MIN_PROGRAMS (K is split until that many programs), for
+# kernels.gemv_kernel: every type but Q4_K, whose own kernel is swept by benchmarks/gemv_variants.py.
 SWEEP_GEMV = [((8, 512, 4), 0), ((8, 512, 4), 2048), ((16, 256, 4), 2048), ((4, 512, 2), 4096)]
 # Fused GEMM at decode batch sizes: linear.GEMM_MIN_PROGRAMS values and GEMM_CONFIG_SMALL/LARGE candidates.
 SWEEP_GEMM_MIN = [0, 256, 1024]
@@ -161,7 +162,7 @@ def main() -> None:
     quantized = [q for q in types if q not in (Q.F16, Q.BF16)]
     if "gemv" in sweeps:
         sweep_batch1(emit, "GEMV ((BLOCK_N, BLOCK_K, num_warps), GEMV_MIN_PROGRAMS)", SWEEP_GEMV, set_gemv,
-                     (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS), [q for q in quantized if q not in int8],
+                     (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS), [q for q in quantized if q not in (*int8, Q.Q4_K)],
                      SWEEP_SHAPES, copy_gbs)
     if "gemm" in sweeps:
         sweep_gemm(emit, quantized)

@@ -140,26 +140,60 @@ def test_int8_gemv_is_exact_on_int8_rounded_activations(qtype, m):
     assert _rel_err(rounded, x) < 1e-2
 
 
-@pytest.mark.parametrize("m", [1, 5])
-def test_split_k_products_are_reproducible(m):
-    """A short, wide weight makes the GEMV (m = 1) and the fused GEMM (m = 5) cut K into ranges; the partial sums are
-    added in a fixed order by the last program of each tile, so calls give the same bits, and the counters it uses
-    are left at zero for the next launch."""
+@pytest.mark.parametrize("qtype, m", [("Q6_K", 1), ("Q4_K", 1), ("Q4_K", 5)])
+def test_split_k_products_are_reproducible(qtype, m, monkeypatch):
+    """A short, wide weight makes the GEMV (m = 1: kernels.gemv_kernel, or q4k_gemv_kernel under its head config) and
+    the fused GEMM (m = 5) cut K into ranges; the partial sums are added in a fixed order by the last program of each
+    tile, so calls give the same bits, and the counters it uses are left at zero for the next launch."""
     from kamado.gguf.constants import GGMLQuantizationType as Q
     from kamado.kernels.linear import QuantTensor
     from kamado.kernels.triton import linear
     from kamado.kernels.triton.layout import random_blocks
     from kamado.quants import dequantize_torch
 
+    qtype = Q[qtype]
+    if qtype == Q.Q4_K and m == 1:
+        head = linear.Q4K_GEMV_CONFIGS[0][1]
+        monkeypatch.setattr(linear, "Q4K_GEMV_CONFIGS", ((0, head),))
+        block_n, block_k, _, min_programs = head
+    elif m == 1:
+        (block_n, block_k, _), min_programs = linear.GEMV_CONFIG, linear.GEMV_MIN_PROGRAMS
+    else:
+        _, block_n, block_k, _, _ = linear.GEMM_CONFIG_SMALL
+        min_programs = linear.GEMM_MIN_PROGRAMS
     rows, cols = 40, 4096
-    raw = random_blocks(Q.Q4_K, rows, cols, seed=m)
-    lin = linear.TritonLinear(QuantTensor("w", Q.Q4_K, (rows, cols), raw), device=DEVICE)
-    tiles = -(-rows // (linear.GEMV_CONFIG[0] if m == 1 else linear.GEMM_CONFIG_SMALL[1]))
-    assert linear._split_k(tiles, cols, 128, 64, 512) > 1  # the shape does split
+    assert linear._split_k(-(-rows // block_n), cols, block_k, block_n, min_programs) > 1  # the shape does split
+    raw = random_blocks(qtype, rows, cols, seed=m)
+    lin = linear.TritonLinear(QuantTensor("w", qtype, (rows, cols), raw), device=DEVICE)
     x = torch.randn(m, cols, generator=torch.Generator().manual_seed(m)).to(DEVICE)
     first, second = lin(x), lin(x)
     assert torch.equal(first, second)
     assert int(linear._split_workspace(x.device)[1].abs().sum()) == 0
     xd = x.double() if m == 1 else x.half().double()
-    ref = xd.cpu() @ dequantize_torch(raw, Q.Q4_K).double().T
+    ref = xd.cpu() @ dequantize_torch(raw, qtype).double().T
     assert _rel_err(first, ref) < (1e-5 if m == 1 else 2e-3)
+
+
+@pytest.mark.parametrize("entry", [0, 1])
+@pytest.mark.parametrize("rows, cols, source", [(37, 768, "random"), (37, 2560, "quantized"), (130, 4096, "quantized")])
+def test_q4k_gemv_matches_the_twin(rows, cols, source, entry, monkeypatch):
+    """The Q4_K decode GEMV (kernels.q4k_gemv_kernel) under each config of linear.Q4K_GEMV_CONFIGS, against the float64
+    product of the twin's weight: odd row counts (clamped rows), K of 3 and 10 blocks (BLOCK_K shrinks to 256 and 512),
+    random bit patterns and kamado-quantized weights; the head config splits K on 37 x 2560 and 130 x 4096."""
+    from kamado.gguf.constants import GGMLQuantizationType as Q
+    from kamado.kernels.linear import QuantTensor
+    from kamado.kernels.triton import linear
+    from kamado.kernels.triton.layout import random_blocks
+    from kamado.quants import dequantize_torch, quantize
+
+    monkeypatch.setattr(linear, "Q4K_GEMV_CONFIGS", ((0, linear.Q4K_GEMV_CONFIGS[entry][1]),))
+    gen = torch.Generator().manual_seed(rows + cols)
+    if source == "random":
+        raw = random_blocks(Q.Q4_K, rows, cols, seed=rows)
+    else:
+        raw = torch.from_numpy(quantize((torch.randn(rows, cols, generator=gen) * 0.02).numpy(), Q.Q4_K))
+    lin = linear.TritonLinear(QuantTensor("w", Q.Q4_K, (rows, cols), raw), device=DEVICE)
+    x = torch.randn(1, cols, generator=gen)
+    y = lin(x.to(DEVICE))
+    assert y.shape == (1, rows) and y.dtype == torch.float32
+    assert _rel_err(y, x.double() @ dequantize_torch(raw, Q.Q4_K).double().T) < 1e-5
