@@ -35,7 +35,7 @@ class QuantTensor:
     shape: tuple[int, ...]  # numpy order: (..., rows, columns)
     raw: torch.Tensor  # uint8 (..., rows, row_bytes)
     mapping: mmap.mmap | None = None  # the read-only file mapping raw lies in, if any (release_pages)
-    path: str | None = None  # the file that mapping maps, from its first byte (read_rows)
+    file: tuple[str, int, int] | None = None  # path, device and inode of the file that mapping maps from its start (read_rows)
 
     @classmethod
     def from_info(cls, info) -> QuantTensor:
@@ -45,8 +45,11 @@ class QuantTensor:
             warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we only ever read it
             raw = torch.from_numpy(array)
         mapping = _file_mapping(array)
-        return cls(info.name, GGMLQuantizationType(info.type), tuple(int(d) for d in info.shape), raw, mapping,
-                   None if mapping is None else str(info.path))
+        file = None
+        if mapping is not None and getattr(info, "path", None) is not None:
+            stat = os.stat(info.path)
+            file = (str(info.path), stat.st_dev, stat.st_ino)
+        return cls(info.name, GGMLQuantizationType(info.type), tuple(int(d) for d in info.shape), raw, mapping, file)
 
     def _file_offset(self, raw: torch.Tensor) -> int:
         """Where raw's first byte lies in the mapped file."""
@@ -57,12 +60,19 @@ class QuantTensor:
         tensor). Unlike a read through the mapping, this maps no page of the file into the process: a read fault maps
         the whole page-cache folio around a row (up to FOLIO bytes), and the embedding rows of a 128-token prompt
         mapped 30 MiB of Gemma 3 270M's file at once (0.8 MiB through pread), at the peak of a request."""
-        if self.path is None or len(self.shape) != 2 or not self.raw.is_contiguous() or ids.numel() == 0:
+        if self.file is None or len(self.shape) != 2 or not self.raw.is_contiguous() or ids.numel() == 0 or not hasattr(os, "pread"):
             return None
+        path, device, inode = self.file
         row_bytes = self.raw.shape[1]
         start = self._file_offset(self.raw)
-        fd = os.open(self.path, os.O_RDONLY)
         try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            stat = os.fstat(fd)
+            if (stat.st_dev, stat.st_ino) != (device, inode):  # the path names another file now: read the mapping
+                return None
             data = bytearray().join(os.pread(fd, row_bytes, start + i * row_bytes) for i in ids.reshape(-1).tolist())
         finally:
             os.close(fd)

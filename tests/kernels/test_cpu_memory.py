@@ -2,6 +2,7 @@
 embedding rows read without mapping the file."""
 
 import mmap
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -52,6 +53,15 @@ def test_embedding_rows_are_read_from_the_file_without_mapping_it(tmp_path):
     # a read through the mapping maps 64 KiB to 2 MiB around each row, until the lookup releases them again
     assert status_kib("VmHWM") - before < 64
     assert torch.equal(got, torch.from_numpy(dequantize(raw[ids.numpy()].reshape(4, -1), T.Q8_0).reshape(2, 2, 256)))
+
+
+def test_embedding_rows_of_a_replaced_file_come_from_the_mapping(tmp_path):
+    _, raw = q8_weights(64)
+    t = mapped_tensor(tmp_path, raw, 64, 256)
+    path = t.file[0]
+    os.replace(mapped_tensor(tmp_path, q8_weights(64, seed=1)[1], 64, 256).file[0], path)  # another file under its name
+    ids = torch.tensor([3, 60])
+    assert torch.equal(embedding_rows(t, ids), torch.from_numpy(dequantize(raw[[3, 60]], T.Q8_0)))
 
 
 @linux_only
