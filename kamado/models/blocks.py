@@ -26,10 +26,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     # as sqrtf (torch's float32 sqrt is not always: ~0.6% of values an ulp off, 10 of 2048 rows of Gemma's first norm),
     # and a numpy call on a few values costs a fraction of a torch call (a decode step makes ~90 norms: 14.6 -> 9.7 us
     # each for one row, the same bits as the torch steps through a double sqrt).
-    sums = torch.sum(x * x, -1, keepdim=True, dtype=torch.float64).numpy()
-    mean = (sums / x.shape[-1]).astype(np.float32)
-    y = x * torch.from_numpy(np.reciprocal(np.sqrt(mean + np.float32(eps))))
+    sums = torch.sum(x * x, -1, keepdim=True, dtype=torch.float64)
+    if sums.numel() == 1:  # one row (most decode norms): through a Python float, 5 torch calls fewer (10.9 -> 8.7 us)
+        y = x * float(_inverse_root_mean(np.float64(sums.item()), x.shape[-1], eps))
+    else:
+        y = x * torch.from_numpy(_inverse_root_mean(sums.numpy(), x.shape[-1], eps))
     return y if weight is None else y.mul_(weight)
+
+
+def _inverse_root_mean(sums, n: int, eps: float):
+    """1 / sqrtf(mean + eps) in float32 from float64 sums, as ggml's rms_norm (numpy arrays or scalars alike)."""
+    return np.reciprocal(np.sqrt((sums / n).astype(np.float32) + np.float32(eps)))
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,8 @@
-"""The CPU backend's memory: file pages released once repacked, fbgemm's int8 copy freed, memory arrays untouched."""
+"""The CPU backend's memory: file pages released once repacked, fbgemm's int8 copy freed, memory arrays untouched,
+embedding rows read without mapping the file."""
 
 import mmap
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from kamado.gguf.constants import GGMLQuantizationType as T
-from kamado.kernels import QuantTensor, cpu, make_linear
+from kamado.kernels import QuantTensor, cpu, embedding_rows, make_linear
 from kamado.quants import dequantize, quantize
 
 PAGE = mmap.PAGESIZE
@@ -34,7 +36,32 @@ def mapped_tensor(tmp_path, raw: np.ndarray, rows: int, cols: int) -> QuantTenso
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     view = np.frombuffer(mm, np.uint8, raw.size, 100).reshape(raw.shape)
-    return QuantTensor.from_info(SimpleNamespace(name="w", type=T.Q8_0, shape=(rows, cols), raw=view))
+    return QuantTensor.from_info(SimpleNamespace(name="w", type=T.Q8_0, shape=(rows, cols), raw=view, path=path))
+
+
+@linux_only
+def test_embedding_rows_are_read_from_the_file_without_mapping_it(tmp_path):
+    rows = 16384
+    _, raw = q8_weights(rows)
+    t = mapped_tensor(tmp_path, raw, rows, 256)
+    embedding_rows(t, torch.tensor([1]))  # loads the code it runs
+    ids = torch.tensor([[0, 8191], [16383, 8191]])
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak RSS starts again from the current RSS
+    before = status_kib("VmRSS")
+    got = embedding_rows(t, ids)
+    # a read through the mapping maps 64 KiB to 2 MiB around each row, until the lookup releases them again
+    assert status_kib("VmHWM") - before < 64
+    assert torch.equal(got, torch.from_numpy(dequantize(raw[ids.numpy()].reshape(4, -1), T.Q8_0).reshape(2, 2, 256)))
+
+
+def test_embedding_rows_of_a_replaced_file_come_from_the_mapping(tmp_path):
+    _, raw = q8_weights(64)
+    t = mapped_tensor(tmp_path, raw, 64, 256)
+    path = t.file[0]
+    os.replace(mapped_tensor(tmp_path, q8_weights(64, seed=1)[1], 64, 256).file[0], path)  # another file under its name
+    ids = torch.tensor([3, 60])
+    assert torch.equal(embedding_rows(t, ids), torch.from_numpy(dequantize(raw[[3, 60]], T.Q8_0)))
 
 
 @linux_only
