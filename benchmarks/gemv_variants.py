@@ -1,15 +1,15 @@
-"""Research: the Q4_K batch-1 GEMV (kernels.q4k_gemv_kernel) under block configs, a Q6_K twin of its design, and
+"""Research: the Q4_K and Q6_K batch-1 GEMVs (kernels.q4k_gemv_kernel, q6k_gemv_kernel) under block configs, against
 the generic gemv_kernel.
 
 Session 5 (docs/GPU.md) compared new Q4_K GEMV designs with the generic kernels.gemv_kernel on the H200: `rowtile`
 (int32 words in the file layout, x in nibble order, scales as words), `lanes` (one row per lane, broadcast x) and
 `kmajor` (lanes over a K-major copy of the planes), each with an exact or a "mantissa" nibble decode and float32 or
-fp16 x. rowtile with the mantissa decode won and became kernels.q4k_gemv_kernel (linear.Q4K_GEMV_CONFIGS picks its
-config by output rows); the other designs, no faster than gemv_kernel, were dropped (their code: git show d5fb641).
-This script keeps the measurement: per shape, the production choice, gemv_kernel (Q4_K's path before), the kernel
-under each config of CONFIGS, and the x reordering alone (linear.nibble_order, included in every q4k time).
-Q6_K (Q4_K_M's ffn_down, attn_v and output): `q6k_gemv_kernel` below, the same design over Q6_K's planes, timed
-against gemv_kernel (Q6_K's production path); not in production until it measures faster.
+fp16 x. rowtile with the mantissa decode won and became kernels.q4k_gemv_kernel; the same design over Q6_K's planes
+(Q4_K_M's ffn_down, attn_v and output) became kernels.q6k_gemv_kernel (linear.WORD_GEMV_CONFIGS picks their configs by
+output rows); the other designs, no faster than gemv_kernel, were dropped (their code: git show d5fb641).
+This script keeps the measurement: per type and shape, the production choice, gemv_kernel (the types' path before),
+the word kernel under each config of CONFIGS / Q6K_CONFIGS, and the x reordering alone (linear.nibble_order, included
+in every word-kernel time).
 
   python3 benchmarks/gemv_variants.py [--quick]     GPU: correctness against float64, then the timing table
   TRITON_INTERPRET=1 PYTHONPATH=/tmp/tritonlib:$PWD python3 benchmarks/gemv_variants.py --check
@@ -18,7 +18,7 @@ against gemv_kernel (Q6_K's production path); not in production until it measure
                                                     CPU, no GPU needed: compile every config for sm_90 and print
                                                     registers, spills, shared memory and layout conversions
 Timings: medians of CUDA-graph replays over weight copies totalling >= 256 MiB (as bench_gpu_kernels.py);
-% is of 4250 GB/s, bytes = Q4_K weight bytes + x (float32). Error: max |y - ref| / max |ref| against the float64
+% is of 4250 GB/s, bytes = weight bytes + x (float32). Error: max |y - ref| / max |ref| against the float64
 product of the dequantized weight.
 """
 
@@ -37,7 +37,6 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,7 +44,6 @@ from kamado.gguf.constants import GGML_BLOCK_SIZES  # noqa: E402
 from kamado.gguf.constants import GGMLQuantizationType as Q  # noqa: E402
 from kamado.kernels.linear import QuantTensor  # noqa: E402
 from kamado.kernels.triton import kernels, linear  # noqa: E402
-from kamado.kernels.triton.kernels import _exact_float, _store_split  # noqa: E402
 from kamado.kernels.triton.layout import random_blocks  # noqa: E402
 from kamado.quants import dequantize_torch  # noqa: E402
 
@@ -64,105 +62,22 @@ CHECK_CONFIGS = [(16, 512, 4, 0), (64, 256, 2, 64), (1, 1024, 1, 0), (2, 2048, 2
 Q6K_CONFIGS = [(2, 2048, 2, 0), (16, 512, 4, 2048), (4, 1024, 2, 0), (4, 2048, 4, 0), (16, 1024, 4, 2048)]
 
 
-# ---------------------------------------------------------------------------------------- the Q6_K candidate
-@triton.jit
-def _q6_product(ql, qh, x_at, lane_rows, SHIFT: tl.constexpr, scale):
-    """scale * sum((q - 32) x) for each int32 word of Q6_K's ql plane: its 4 values q have their low 4 bits at bits
-    SHIFT + 8 b of ql (b = 0..3) and their high 2 bits at the same bits of qh (the qh word already shifted to this
-    quarter). q + 64 as a float is (q << 17) | 0x3F800000, i.e. 1 + q / 64: sum((q - 32) x) = 64 sum((1 + q / 64) x)
-    - 96 sum(x). x_at as in kernels._nibble_product."""
-    x_at, _ = tl.broadcast(x_at, lane_rows)
-    xsum = tl.zeros(ql.shape, dtype=tl.float32)
-    dot = tl.zeros(ql.shape, dtype=tl.float32)
-    for b in tl.static_range(4):
-        xv = tl.load(x_at + 4 * b)
-        pos = SHIFT + 8 * b  # constexpr: b is static
-        if pos <= 17:
-            low = ql << (17 - pos)
-        else:
-            low = ql >> (pos - 17)
-        if pos <= 21:
-            high = qh << (21 - pos)
-        else:
-            high = qh >> (pos - 21)
-        dot += ((low & 0x1E0000) | (high & 0x600000) | 0x3F800000).to(tl.float32, bitcast=True) * xv
-        xsum += xv
-    return (64.0 * scale) * dot - (96.0 * scale) * xsum
-
-
-@triton.jit
-def q6k_gemv_kernel(
-    xp, y_ptr, N, K, ql, qh, sc, d_ptr, s_ql, s_qh, s_sc, s_d, partial_ptr, count_ptr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-):  # fmt: skip
-    """q4k_gemv_kernel's design for Q6_K: ql as 32 int32 words per 256-block, qh as 16, the 16 int8 scales as 4, d fp16.
-    Tile [BLOCK_N rows, NB blocks, 2 halves, 2 ql runs, 8 words]: byte l (0..31) of run p of half h holds value
-    h 128 + 32 p + l in its low nibble and h 128 + 32 (p + 2) + l in its high one; byte l of the half's qh run has their
-    high bits at 2 p and 2 p + 4; the scale of 16 values is int8 number 8 h + 2 quarter + l // 16."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    r5 = tl.minimum(rn, N - 1).to(tl.int64)[:, None, None, None, None]  # clamped: rows past N are never stored
-    NB: tl.constexpr = BLOCK_K // 256
-    nb = tl.arange(0, NB)[None, :, None, None, None]
-    h = tl.arange(0, 2)[None, None, :, None, None]
-    p = tl.arange(0, 2)[None, None, None, :, None]
-    w = tl.arange(0, 8)[None, None, None, None, :]
-    byte = (2 * p + w // 4) * 8  # the scale's byte in its word: quarter p (low nibbles) or p + 2 (high), l // 16
-    acc = tl.zeros([BLOCK_N, NB, 2, 2, 8], dtype=tl.float32)
-    k_len = K // SPLIT_K
-    for k0 in range(split * k_len, split * k_len + k_len, BLOCK_K):
-        blk = k0 // 256 + nb
-        low_words = tl.load(ql + r5 * s_ql + blk * 32 + h * 16 + p * 8 + w)
-        qh_at, _ = tl.broadcast(qh + r5 * s_qh + blk * 16 + h * 8 + w, low_words)  # the words' layout (see x_at)
-        high_words = tl.load(qh_at) >> (2 * p)
-        scales = sc + r5 * s_sc + blk * 4 + h * 2
-        sc_lo = _exact_float(((tl.load(scales) >> byte) & 0xFF) ^ 0x80, 128)  # int8 s: (s & 0xFF) ^ 0x80 = s + 128
-        sc_hi = _exact_float(((tl.load(scales + 1) >> byte) & 0xFF) ^ 0x80, 128)
-        d = tl.load(d_ptr + r5 * s_d + blk).to(tl.float32)
-        x_at = xp + blk * 256 + h * 128 + p * 32 + (w // 4) * 16 + w % 4
-        acc += _q6_product(low_words, high_words, x_at, r5, 0, d * sc_lo)
-        acc += _q6_product(low_words, high_words, x_at + 64, r5, 4, d * sc_hi)
-    out = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=3), axis=2), axis=1)
-    _store_split(y_ptr + rn, out, rn < N, partial_ptr, rn, tl.num_programs(0) * BLOCK_N, count_ptr, pid_n, split, SPLIT_K)
-
-
-def run_q6k(lin, x: torch.Tensor, config) -> torch.Tensor:
-    block_n, block_k, warps, min_programs = config
-    n, k = lin.out_features, lin.in_features
-    block_k = linear._block_k(block_k, k, 256)
-    tiles = triton.cdiv(n, block_n)
-    split = linear._split_k(tiles, k, block_k, block_n, min_programs)
-    ql, qh, sc, d = lin.weight.planes
-    ql, qh, sc = (plane.view(torch.int32) for plane in (ql, qh, sc))
-    y = torch.empty(1, n, dtype=torch.float32, device=x.device)
-    q6k_gemv_kernel[(tiles, split)](
-        linear.nibble_order(x), y, n, k, ql, qh, sc, d, ql.stride(0), qh.stride(0), sc.stride(0), d.stride(0),
-        *linear._split_workspace(x.device), BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=warps,
-    )  # fmt: skip
-    return y
-
-
-def set_config(config) -> None:
-    linear.Q4K_GEMV_CONFIGS = ((0, config),)
-
-
 def run_production(lin, x: torch.Tensor, config=None) -> torch.Tensor:
     return lin(x[None, :])
 
 
 def run_config(lin, x: torch.Tensor, config) -> torch.Tensor:
-    """The production launch under one config (set_config for the time of the call, so a capture records it)."""
-    saved = linear.Q4K_GEMV_CONFIGS
-    set_config(config)
+    """The production launch under one config (set for the time of the call, so a capture records it)."""
+    saved = linear.WORD_GEMV_CONFIGS[lin.qtype]
+    linear.WORD_GEMV_CONFIGS[lin.qtype] = ((0, config),)
     try:
         return lin.gemv(x[None, :])
     finally:
-        linear.Q4K_GEMV_CONFIGS = saved
+        linear.WORD_GEMV_CONFIGS[lin.qtype] = saved
 
 
 def run_generic(lin, x: torch.Tensor, config=None) -> torch.Tensor:
-    return lin._planes_gemv(x[None, :])  # kernels.gemv_kernel with linear.GEMV_CONFIG: Q4_K's path before session 5
+    return lin._planes_gemv(x[None, :])  # kernels.gemv_kernel with linear.GEMV_CONFIG: the path before session 5
 
 
 def run_nibble_order(lin, x: torch.Tensor, config=None) -> torch.Tensor:
@@ -175,8 +90,9 @@ VARIANTS = {
     (Q.Q4_K, "gemv_kernel (before)"): (run_generic, [None], [None], [None], True),
     (Q.Q4_K, "q4k_gemv_kernel"): (run_config, CONFIGS, QUICK_CONFIGS, CHECK_CONFIGS, True),
     (Q.Q4_K, "nibble_order alone"): (run_nibble_order, [None], [None], [], False),
-    (Q.Q6_K, "production (gemv_kernel)"): (run_production, [None], [None], [None], True),
-    (Q.Q6_K, "q6k_gemv_kernel"): (run_q6k, Q6K_CONFIGS, Q6K_CONFIGS[:2], CHECK_CONFIGS, True),
+    (Q.Q6_K, "production"): (run_production, [None], [None], [None], True),
+    (Q.Q6_K, "gemv_kernel (before)"): (run_generic, [None], [None], [None], True),
+    (Q.Q6_K, "q6k_gemv_kernel"): (run_config, Q6K_CONFIGS, Q6K_CONFIGS[:2], CHECK_CONFIGS, True),
 }
 TOLERANCE = 1e-4
 
@@ -269,7 +185,7 @@ def bench(quick: bool) -> None:
         lins.clear()
         torch.cuda.empty_cache()
     print(f"\nQ4_K and Q6_K batch-1 GEMV, µs (% of {ROOF_GBS:.0f} GB/s; bytes = weight + float32 x); error = max |y - ref| / "
-          f"max |ref| against float64 over the shapes; production: linear.Q4K_GEMV_CONFIGS = {linear.Q4K_GEMV_CONFIGS}")  # fmt: skip
+          f"max |ref| against float64 over the shapes; production: linear.WORD_GEMV_CONFIGS = {linear.WORD_GEMV_CONFIGS}")  # fmt: skip
     print("| variant | config | " + " | ".join(f"{r}x{c}" for r, c in shapes) + " | error |")
     print("|---|---|" + "---|" * (len(shapes) + 1))
     for (name, config), row in cells.items():
@@ -335,7 +251,7 @@ def compile_report() -> None:
     sig = {"xp": "*fp32", **common, "ql": "*i32", "qh": "*i32", "sc": "*i32", "d_ptr": "*fp16",
            **{s: "i32" for s in ("s_ql", "s_qh", "s_sc", "s_d")}, **split}  # fmt: skip
     for bn, bk, w, _ in Q6K_CONFIGS:
-        build(q6k_gemv_kernel, sig, {"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 2}, w, f"q6k_gemv_kernel {(bn, bk, w)} SPLIT_K=2")
+        build(kernels.q6k_gemv_kernel, sig, {"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 2}, w, f"q6k_gemv_kernel {(bn, bk, w)} SPLIT_K=2")
 
 
 def main() -> None:

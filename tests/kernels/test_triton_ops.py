@@ -140,11 +140,12 @@ def test_int8_gemv_is_exact_on_int8_rounded_activations(qtype, m):
     assert _rel_err(rounded, x) < 1e-2
 
 
-@pytest.mark.parametrize("qtype, m", [("Q6_K", 1), ("Q4_K", 1), ("Q4_K", 5)])
+@pytest.mark.parametrize("qtype, m", [("Q8_0", 1), ("Q4_K", 1), ("Q6_K", 1), ("Q4_K", 5)])
 def test_split_k_products_are_reproducible(qtype, m, monkeypatch):
-    """A short, wide weight makes the GEMV (m = 1: kernels.gemv_kernel, or q4k_gemv_kernel under its head config) and
-    the fused GEMM (m = 5) cut K into ranges; the partial sums are added in a fixed order by the last program of each
-    tile, so calls give the same bits, and the counters it uses are left at zero for the next launch."""
+    """A short, wide weight makes the GEMV (m = 1: kernels.gemv_kernel, or a word GEMV, q4k_gemv_kernel or
+    q6k_gemv_kernel, under its head config) and the fused GEMM (m = 5) cut K into ranges; the partial sums are added
+    in a fixed order by the last program of each tile, so calls give the same bits, and the counters it uses are left
+    at zero for the next launch."""
     from kamado.gguf.constants import GGMLQuantizationType as Q
     from kamado.kernels.linear import QuantTensor
     from kamado.kernels.triton import linear
@@ -152,9 +153,9 @@ def test_split_k_products_are_reproducible(qtype, m, monkeypatch):
     from kamado.quants import dequantize_torch
 
     qtype = Q[qtype]
-    if qtype == Q.Q4_K and m == 1:
-        head = linear.Q4K_GEMV_CONFIGS[0][1]
-        monkeypatch.setattr(linear, "Q4K_GEMV_CONFIGS", ((0, head),))
+    if qtype in linear.WORD_GEMVS and m == 1:
+        head = linear.WORD_GEMV_CONFIGS[qtype][0][1]
+        monkeypatch.setitem(linear.WORD_GEMV_CONFIGS, qtype, ((0, head),))
         block_n, block_k, _, min_programs = head
     elif m == 1:
         (block_n, block_k, _), min_programs = linear.GEMV_CONFIG, linear.GEMV_MIN_PROGRAMS
@@ -174,26 +175,29 @@ def test_split_k_products_are_reproducible(qtype, m, monkeypatch):
     assert _rel_err(first, ref) < (1e-5 if m == 1 else 2e-3)
 
 
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
 @pytest.mark.parametrize("entry", [0, 1])
 @pytest.mark.parametrize("rows, cols, source", [(37, 768, "random"), (37, 2560, "quantized"), (130, 4096, "quantized")])
-def test_q4k_gemv_matches_the_twin(rows, cols, source, entry, monkeypatch):
-    """The Q4_K decode GEMV (kernels.q4k_gemv_kernel) under each config of linear.Q4K_GEMV_CONFIGS, against the float64
-    product of the twin's weight: odd row counts (clamped rows), K of 3 and 10 blocks (BLOCK_K shrinks to 256 and 512),
-    random bit patterns and kamado-quantized weights; the head config splits K on 37 x 2560 and 130 x 4096."""
+def test_word_gemv_matches_the_twin(qtype, rows, cols, source, entry, monkeypatch):
+    """The Q4_K and Q6_K decode GEMVs (kernels.q4k_gemv_kernel, q6k_gemv_kernel) under each config of
+    linear.WORD_GEMV_CONFIGS, against the float64 product of the twin's weight: odd row counts (clamped rows), K of 3
+    and 10 blocks (BLOCK_K shrinks to 256 and 512), random bit patterns and kamado-quantized weights; the head configs
+    split K on 37 x 2560 and 130 x 4096."""
     from kamado.gguf.constants import GGMLQuantizationType as Q
     from kamado.kernels.linear import QuantTensor
     from kamado.kernels.triton import linear
     from kamado.kernels.triton.layout import random_blocks
     from kamado.quants import dequantize_torch, quantize
 
-    monkeypatch.setattr(linear, "Q4K_GEMV_CONFIGS", ((0, linear.Q4K_GEMV_CONFIGS[entry][1]),))
+    qtype = Q[qtype]
+    monkeypatch.setitem(linear.WORD_GEMV_CONFIGS, qtype, ((0, linear.WORD_GEMV_CONFIGS[qtype][entry][1]),))
     gen = torch.Generator().manual_seed(rows + cols)
     if source == "random":
-        raw = random_blocks(Q.Q4_K, rows, cols, seed=rows)
+        raw = random_blocks(qtype, rows, cols, seed=rows)
     else:
-        raw = torch.from_numpy(quantize((torch.randn(rows, cols, generator=gen) * 0.02).numpy(), Q.Q4_K))
-    lin = linear.TritonLinear(QuantTensor("w", Q.Q4_K, (rows, cols), raw), device=DEVICE)
+        raw = torch.from_numpy(quantize((torch.randn(rows, cols, generator=gen) * 0.02).numpy(), qtype))
+    lin = linear.TritonLinear(QuantTensor("w", qtype, (rows, cols), raw), device=DEVICE)
     x = torch.randn(1, cols, generator=gen)
     y = lin(x.to(DEVICE))
     assert y.shape == (1, rows) and y.dtype == torch.float32
-    assert _rel_err(y, x.double() @ dequantize_torch(raw, Q.Q4_K).double().T) < 1e-5
+    assert _rel_err(y, x.double() @ dequantize_torch(raw, qtype).double().T) < 1e-5

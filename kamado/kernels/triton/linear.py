@@ -3,9 +3,9 @@
 Paths, chosen per call by the number of activation rows M (thresholds measured on an H100, docs/GPU.md):
   M <= 8            opt-in (KAMADO_INT8_GEMV): integer dot-product GEMV (int8_gemv.py: activations quantized to int8
                     per 32, as llama.cpp's CUDA MMVQ) for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with a multiple of 256 columns
-  M == 1            otherwise: fused dequantize-GEMV (float32 activations, one pass over the weight bytes); Q4_K has
-                    its own (kernels.q4k_gemv_kernel: int32 words, x reordered once per call), the other types share
-                    kernels.gemv_kernel
+  M == 1            otherwise: fused dequantize-GEMV (float32 activations, one pass over the weight bytes); Q4_K and
+                    Q6_K have their own (kernels.q4k_gemv_kernel, q6k_gemv_kernel: int32 words, x reordered once per
+                    call), the other types share kernels.gemv_kernel
   2 <= M <= GEMM_MAX_M   fused dequantize-GEMM on tensor cores (fp16 activations, fp32 accumulation)
   M > GEMM_MAX_M    dequantize the whole weight to fp16 once per call, then the library matmul (cuBLAS)
 F16/BF16/F32 weights use the library matmul in their own dtype at every M.
@@ -35,10 +35,19 @@ else:
     INT8_GEMV = tuple(GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
 # (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
 GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
-# Q4_K GEMV: (min output rows, (BLOCK_N, BLOCK_K, num_warps, min programs for the split)), the first entry whose min
-# rows the weight reaches. Best in the H200 sweep (docs/GPU.md session 5): many 2-row programs for the layer weights,
-# 16-row programs for vocabulary-sized heads (128256x4096: 165 µs against 187 with 2 rows).
-Q4K_GEMV_CONFIGS = ((65536, (16, 1024, 4, 2048)), (0, (2, 2048, 2, 0)))
+# The word GEMVs (M = 1, x in nibble order): qtype -> (kernel, how many leading planes it reads as int32 words).
+WORD_GEMVS = {
+    GGMLQuantizationType.Q4_K: (kernels.q4k_gemv_kernel, 3),  # qs, (d, dmin), scales: all
+    GGMLQuantizationType.Q6_K: (kernels.q6k_gemv_kernel, 3),  # ql, qh, scales; d stays fp16
+}
+# Their configs: qtype -> ((min output rows, (BLOCK_N, BLOCK_K, num_warps, min programs for the split)), ...), the
+# first entry whose min rows the weight reaches. Best in the H200 sweeps (docs/GPU.md session 5): many 2-row programs
+# for the layer weights, 16-row programs for vocabulary-sized heads (Q4_K 128256x4096: 165 µs against 187 with 2 rows;
+# Q6_K: 210 against 216).
+WORD_GEMV_CONFIGS = {
+    GGMLQuantizationType.Q4_K: ((65536, (16, 1024, 4, 2048)), (0, (2, 2048, 2, 0))),
+    GGMLQuantizationType.Q6_K: ((65536, (16, 512, 4, 2048)), (0, (2, 2048, 2, 0))),
+}
 # The GEMV and the fused GEMM split K (the kernels' SPLIT_K) until they have at least this many programs, so a short
 # weight (4096 x 4096: 512 GEMV row tiles, 64 GEMM tiles) still keeps every SM's memory requests in flight; 0 = never.
 GEMV_MIN_PROGRAMS = 2048
@@ -79,7 +88,7 @@ def _block_k(preferred: int, cols: int, group: int) -> int:
 
 
 def nibble_order(x: torch.Tensor) -> torch.Tensor:
-    """A (1, K) row x as float32 in q4k_gemv_kernel's nibble order: the 4 x 4 transpose of every 16 values. One small
+    """A (1, K) row x as float32 in the word GEMVs' nibble order: the 4 x 4 transpose of every 16 values. One small
     copy kernel; a fresh tensor like the GEMV's output, which CUDA-graph capture takes from the graph's memory pool."""
     xp = torch.empty(x.shape[-1], dtype=torch.float32, device=x.device)
     xp.view(-1, 4, 4).copy_(x.reshape(-1, 4, 4).transpose(1, 2))
@@ -120,8 +129,11 @@ class TritonLinear:
         if self.in_features % self.group:
             raise KernelError(f"tensor {tensor.name}: {self.in_features} columns are not a multiple of {self.group}")
         self.table = torch.tensor(KVALUES, dtype=torch.float32, device=self.device)
-        # Q4_K's planes as int32 words for its GEMV (views: no extra memory)
-        self.words = tuple(p.view(torch.int32) for p in self.weight.planes) if self.qtype == GGMLQuantizationType.Q4_K else None
+        # the planes as a word GEMV reads them (views: no extra memory)
+        self.words = None
+        if self.qtype in WORD_GEMVS:
+            n_words = WORD_GEMVS[self.qtype][1]
+            self.words = tuple(p.view(torch.int32) if i < n_words else p for i, p in enumerate(self.weight.planes))
         self.int8_max_m = int8_gemv.MAX_M if self.qtype in INT8_GEMV and int8_gemv.supports(self.qtype, self.in_features) else 0
 
     @property
@@ -157,19 +169,19 @@ class TritonLinear:
     def gemv(self, x: torch.Tensor) -> torch.Tensor:
         """Fused dequantize-GEMV of one row x (1, in), float32 arithmetic; the decode path."""
         if self.words is not None:
-            return self._q4k_gemv(x)
+            return self._word_gemv(x)
         return self._planes_gemv(x)
 
-    def _q4k_gemv(self, x: torch.Tensor) -> torch.Tensor:
+    def _word_gemv(self, x: torch.Tensor) -> torch.Tensor:
+        """kernels.q4k_gemv_kernel / q6k_gemv_kernel: planes as words, then strides, then the split workspace."""
         n, k = self.out_features, self.in_features
-        block_n, block_k, warps, min_programs = next(c for rows, c in Q4K_GEMV_CONFIGS if n >= rows)
+        block_n, block_k, warps, min_programs = next(c for rows, c in WORD_GEMV_CONFIGS[self.qtype] if n >= rows)
         block_k = _block_k(block_k, k, 256)
         tiles = triton.cdiv(n, block_n)
         split = _split_k(tiles, k, block_k, block_n, min_programs)
         y = torch.empty(1, n, dtype=torch.float32, device=x.device)
-        qs, dm, sc = self.words
-        kernels.q4k_gemv_kernel[(tiles, split)](
-            nibble_order(x), y, n, k, qs, dm, sc, qs.stride(0), dm.stride(0), sc.stride(0), *_split_workspace(x.device),
+        WORD_GEMVS[self.qtype][0][(tiles, split)](
+            nibble_order(x), y, n, k, *self.words, *(p.stride(0) for p in self.words), *_split_workspace(x.device),
             BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=warps,
         )  # fmt: skip
         return y
