@@ -361,9 +361,10 @@ class Engine:
         """K/V of seq.tokens[:n] are stored: register newly completed pages for prefix sharing (not with llama.cpp's
         batches, whose slot pages are rewritten past the common prefix)."""
         ps = self.cache.page_size
-        for p in range(seq.n_computed // ps, n // ps if not self.llamacpp_batches else 0):
-            seq.key = self.cache.chain(seq.key, seq.tokens[p * ps : (p + 1) * ps])
-            self.cache.register(seq.pages[p], seq.key)
+        if not self.llamacpp_batches:
+            for p in range(seq.n_computed // ps, n // ps):
+                seq.key = self.cache.chain(seq.key, seq.tokens[p * ps : (p + 1) * ps])
+                self.cache.register(seq.pages[p], seq.key)
         seq.n_computed = n
 
     def _accept(self, seq: _Sequence, sampled: SampledToken) -> None:

@@ -235,11 +235,9 @@ class DecoderModel(torch.nn.Module):
         self.attn, self.ropes = [], []
         for il in range(cfg.n_layer):
             local = bool(cfg.sliding_window) and (not arch.swa_pattern or il % arch.swa_pattern != arch.swa_pattern - 1)
-            window = cfg.sliding_window if local else 0
-            if arch.scale_queries:
-                self.attn.append(LayerAttention(il, 1.0, window, cfg.attn_softcap, exact_math, ggml_order, q_scale=scale))
-            else:
-                self.attn.append(LayerAttention(il, scale, window, cfg.attn_softcap, exact_math, ggml_order))
+            kq_scale, q_scale = (1.0, scale) if arch.scale_queries else (scale, 1.0)
+            self.attn.append(LayerAttention(il, kq_scale, cfg.sliding_window if local else 0, cfg.attn_softcap, exact_math, ggml_order,
+                                            q_scale))
             self.ropes.append(local_rope if local else global_rope)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:

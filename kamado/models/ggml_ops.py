@@ -182,9 +182,7 @@ def attention_tiled(q, k, v, q_pos, k_pos, scale: float, window: int = 0) -> tor
         s = torch.where(live, (s.double() + total[..., 0]).float(), s)
         for j in range(TILE):  # values, key by key
             acc = fma(p[:, :, j, None], vh[:, None, ic + j], acc)
-    inv = torch.where(s == 0, 0.0, torch.div(torch.tensor(1.0), s))
-    out = (acc * inv[..., None])[:, :n_tok]
-    return out.transpose(0, 1).reshape(n_tok, n_head * dv)
+    return _divide(acc, s)[:, :n_tok].transpose(0, 1).reshape(n_tok, n_head * dv)
 
 
 def _dot_f16(qh: torch.Tensor, kh: torch.Tensor) -> torch.Tensor:
@@ -236,6 +234,7 @@ def _one_row_partials(q, k, v, visible, scale):
 
 
 def _divide(acc: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """acc * (1 / total), 0 where total is 0 (a row that saw no key), as both ggml kernels end."""
     inv = torch.where(total == 0, 0.0, torch.div(torch.tensor(1.0), total))
     return acc * inv[..., None]
 
@@ -259,10 +258,10 @@ def attention(q, k, v, q_pos, k_pos, scale: float, window: int = 0, softcap: flo
     size = -(-n_cells // threads)
     m_f, s_f, acc_f = torch.full((1, n_head), float("-inf")), torch.zeros(1, n_head), torch.zeros(1, n_head, v.shape[2])
     for c in range(threads):
-        in_chunk = visible & (k_pos >= c * size) & (k_pos < (c + 1) * size)
-        if not in_chunk.any():
+        keys = (k_pos >= c * size) & (k_pos < (c + 1) * size)
+        if not visible[:, keys].any():
             continue
-        m_c, s_c, acc_c = _one_row_partials(q, k, v, in_chunk, scale)
+        m_c, s_c, acc_c = _one_row_partials(q, k[keys], v[keys], visible[:, keys], scale)
         m_new = torch.maximum(m_f, m_c)
         old, new = libm_float("expf", m_f - m_new), libm_float("expf", m_c - m_new)
         acc_f = fma(acc_f, old[..., None], acc_c * new[..., None])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kamado.engine.engine import LLAMACPP_UBATCH
 from kamado.engine.scoring import second_half_nll
 from kamado.gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 from kamado.models import solo_attend
@@ -96,8 +97,8 @@ class ImatrixResult:
 
 
 # llama-imatrix's defaults: batches of N_BATCH tokens hold max(1, N_BATCH // n_ctx) chunks as parallel sequences, and
-# llama_decode splits them into ubatches of N_UBATCH rows taken equally from every sequence (split_equal).
-N_BATCH, N_UBATCH = 2048, 512
+# llama_decode splits them into ubatches of LLAMACPP_UBATCH rows taken equally from every sequence (split_equal).
+N_BATCH = 2048
 
 
 def _group_attend(n_layer: int, sizes: list[int]):
@@ -120,7 +121,7 @@ def _run_group(model, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
 
     Rows enter every matmul (and so the collector) in llama-imatrix's order, and each product sees the same rows at
     once as llama.cpp's (the Q4_K kernel groups rows by 4 across the ubatch)."""
-    n_ctx, step = len(chunks[0]), max(1, N_UBATCH // len(chunks))
+    n_ctx, step = len(chunks[0]), max(1, LLAMACPP_UBATCH // len(chunks))
     sizes = [0] * len(chunks)
     attend = _group_attend(model.cfg.n_layer, sizes)
     hidden = []
