@@ -49,7 +49,7 @@ import torch
 
 from kamado.gguf.constants import GGMLQuantizationType
 from kamado.kernels.activations import activation_rounding
-from kamado.kernels.heap import release_free_heap
+from kamado.kernels.heap import mapped_empty, release_free_heap
 from kamado.kernels.linear import CHUNK_ELEMENTS, QuantTensor, ReferenceLinear, _check_2d
 from kamado.quants.kquants import q4_k_parts
 
@@ -89,6 +89,7 @@ class Int8Linear:
         self.tensor = tensor  # ReferenceLinear.rows' source: meaningful only unstacked (the output projection)
         self.out_features, self.in_features = sum(part.shape[0] for part in parts), tensor.shape[1]
         self.round_input = _input_rounding(tensor, logits)
+        self.logits = logits
         self.float_weight = tensor.float_view()
         self.packed = None
         if self.float_weight is not None:
@@ -106,7 +107,8 @@ class Int8Linear:
         if self.float_weight is not None:
             return x @ self.float_weight.float().T
         if self.packed is not None:
-            out = x.new_empty(x.shape[0], self.out_features)
+            # logits get a mapping of their own (kamado/kernels/heap.py); other outputs are small
+            out = mapped_empty(x.shape[0], self.out_features) if self.logits else x.new_empty(x.shape[0], self.out_features)
             step = max(1, CHUNK_ELEMENTS // (2 * self.out_features))  # bounds fbgemm's (2 x rows, out) float32 output
             for a in range(0, x.shape[0], step):
                 _fbgemm_linear(x[a : a + step], self.packed, out[a : a + step])
@@ -289,4 +291,5 @@ def _fbgemm_linear(x: torch.Tensor, packed: list, out: torch.Tensor) -> None:
         n = y.shape[1]
         torch.add(y[:m], y[m:].mul_(1.0 / _RESIDUAL_GAIN), out=out[:, first : first + n])
         first += n
+        del y  # before the next part's product allocates its own (8 rows of Gemma 3's output held two, 3.2 MiB each)
     out.mul_(scale)
