@@ -3,7 +3,8 @@
 # Run from the repo root on the GPU machine with .whl carried: bash benchmarks/gpu_engine_run.sh
 # Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE='VAR=value ...' adds a tg128 run under those settings
 # (e.g. KAMADO_CUDA_GRAPHS=0: eager; KAMADO_INT8_GEMV=0: float GEMV),
-# PROFILE=1 a torch.profiler table of graphed decode steps and a 512-token prefill (benchmarks/profile_gpu_decode.py).
+# PROFILE=1 a torch.profiler table of graphed decode steps and a 512-token prefill (benchmarks/profile_gpu_decode.py),
+# TIMELINE='1 8' the host/GPU split of a graphed decode step for those row counts (benchmarks/gpu_step_timeline.py).
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -27,5 +28,8 @@ for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
   if [ -n "${PROFILE:-}" ]; then
     timeout 120 python3 benchmarks/profile_gpu_decode.py -m $M/llama3-8b-$T.gguf --steps 8 --prefill 512 2>&1 | tee -a $OUT/profile.txt
   fi
+  for R in ${TIMELINE:-}; do
+    timeout 120 python3 benchmarks/gpu_step_timeline.py -m $M/llama3-8b-$T.gguf --rows $R 2>&1 | tee -a $OUT/timeline.txt
+  done
   rm -f $M/llama3-8b-$T.gguf
 done
