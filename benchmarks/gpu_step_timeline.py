@@ -54,9 +54,9 @@ def main() -> None:
     engine.generate(Request([1, 500, 600, 700], SamplingParams(temperature=0), 8, ignore_eos=True))  # compiles the kernels
     engine.close()
     graphs = cuda_graph.DecodeGraphs
-    for name in ("_fill", "logits"):
+    for name in ("_fill", "logits", "next_logits", "_embed"):
         setattr(graphs, name, timed(f"graphs.{name}", getattr(graphs, name)))
-    for name in ("_forward_rows", "_accept", "_computed", "_admit", "_reap_cancelled", "step"):
+    for name in ("_forward_rows", "_continue_in_flight", "_accept_in_flight", "_accept", "_computed", "_admit", "_reap_cancelled", "step"):
         setattr(Engine, name, timed(f"engine.{name}", getattr(Engine, name)))
     engine_module.pick_rows = timed("pick_rows (waits for the GPU)", engine_module.pick_rows)
     for i in range(args.rows):

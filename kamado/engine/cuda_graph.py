@@ -10,6 +10,12 @@ inside the graph depends on Python-side lengths.
 Everything that is not fixed-shape GPU work stays outside the graph and is copied into static buffers each step:
 the embedding rows (looked up on the CPU from the mmap), the rope tables (ggml's float32 recipe, on the CPU), the
 slot indices. `capture=False` runs the same static-buffer forward eagerly, which is how the CPU tests check it.
+
+`next_logits` runs the step after the last one for the same rows without the host: its tokens are the ones the
+device picked (greedy rows), their embeddings are dequantized on the device from a copy of the embedding table,
+positions advance by one there, and the slots and rope values are read from tables filled when the graph's inputs
+were last filled on the host. So the engine can launch step t + 1 before it waits for step t's tokens
+(kamado/engine/engine.py, `_InFlight`): the host's work of a step then overlaps the GPU's instead of following it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from kamado.kernels import QuantTensor
 
 MIN_KEYS = 64  # smallest key bucket: fewer graphs for short contexts, negligible extra attention work
 
@@ -62,17 +70,26 @@ class _Shape:
         self.trig = {key: tuple(torch.zeros(n_rows, rope.spec.n_dims // 2, device=device) for _ in "cs") for key, rope in ropes.items()}
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
+        # what the host last filled in: each row's position and how many of its pages the slot table holds
+        self.positions_filled: list[int] = []
+        self.pages_filled: list[int] = []
+        self.rope_tables: dict | None = None  # trig key -> (cos, sin) of every key position of the bucket (next_logits)
 
 
 class DecodeGraphs:
     """Decode forwards of a model whose layers and output all sit on one CUDA device, replayed from CUDA graphs."""
 
-    def __init__(self, model, cache, capture: bool = True):
+    def __init__(self, model, cache, capture: bool = True, pipeline: bool | None = None):
+        """pipeline: the engine launches a greedy step before it accepts the last one's tokens (`next_logits`);
+        default on, KAMADO_DECODE_PIPELINE=0 turns it off."""
         self.model, self.cache, self.capture = model, cache, capture
+        self.pipeline = os.environ.get("KAMADO_DECODE_PIPELINE", "1") != "0" if pipeline is None else pipeline
         self.device = model.output_device
         self.ropes = {id(rope): rope for rope in model.ropes}
         self.shapes: dict[tuple[int, int], _Shape] = {}
         self.pool = None  # one memory pool for every graph: they never run concurrently
+        self.last: _Shape | None = None  # the shape of the last step (next_logits continues it)
+        self.embedding = None  # the token embedding table on the device (next_logits), copied on first use
 
     @staticmethod
     def supported(model) -> bool:
@@ -92,6 +109,42 @@ class DecodeGraphs:
         if shape is None:
             shape = self.shapes[(n_rows, n_keys)] = _Shape(self.model, n_rows, n_keys, self.device)
         self._fill(shape, rows)
+        return self._run(shape, n)
+
+    def next_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The decode step after the last one, for the same rows, each fed its token picked on the device (tokens: one
+        per row, on the device): logits as `logits` returns them. None where the step does not fit the last step's
+        graph (a position past its key bucket or in a page its slot table lacks): the engine then fills it on the host."""
+        shape = self.last
+        page_size, n_keys = self.cache.page_size, shape.slot_table.shape[1]
+        if any(pos + 1 >= n_keys or (pos + 1) // page_size >= pages for pos, pages in zip(shape.positions_filled, shape.pages_filled,
+                                                                                           strict=True)):
+            return None
+        shape.positions_filled = [pos + 1 for pos in shape.positions_filled]
+        n, n_rows = len(tokens), shape.x.shape[0]
+        padded = torch.cat([tokens, tokens[:1].expand(n_rows - n)])  # padding rows repeat row 0, as in `logits`
+        shape.x.copy_(self._embed(padded))
+        shape.positions.add_(1)
+        shape.write_slots.copy_(shape.slot_table.gather(1, shape.positions[:, None])[:, 0])
+        if shape.rope_tables is None:
+            every = torch.arange(n_keys)
+            shape.rope_tables = {key: tuple(t.to(self.device) for t in self.ropes[key[0]].cos_sin(every)) for key in shape.trig}
+        for key, (cos, sin) in shape.trig.items():
+            cos_table, sin_table = shape.rope_tables[key]
+            cos.copy_(cos_table.index_select(0, shape.positions))
+            sin.copy_(sin_table.index_select(0, shape.positions))
+        return self._run(shape, n)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """model.embed on the device: the same dequantization and scaling, so the same float32 rows."""
+        if self.embedding is None:
+            table = self.model.token_embd
+            self.embedding = QuantTensor(table.name, table.qtype, table.shape, table.raw.to(self.device))
+        rows = self.embedding.dequantize(tokens)
+        return rows * self.model.embed_scale if self.model.embed_scale != 1.0 else rows
+
+    def _run(self, shape: _Shape, n: int) -> torch.Tensor:
+        self.last = shape
         if not self.capture:
             return self._forward(shape)[:n]
         if shape.graph is None:
@@ -112,6 +165,8 @@ class DecodeGraphs:
         shape.positions.copy_(positions)
         shape.write_slots.copy_(slots[torch.arange(len(rows)), positions])
         shape.slot_table.copy_(slots)
+        shape.positions_filled = positions.tolist()
+        shape.pages_filled = [min(len(seq_pages), pages.shape[1]) for _, _, seq_pages in rows]
         for (rope_id, _), (cos, sin) in shape.trig.items():
             c, s = self.ropes[rope_id].cos_sin(positions)
             cos.copy_(c)

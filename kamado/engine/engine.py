@@ -35,7 +35,7 @@ import torch
 from kamado.engine.cuda_graph import DecodeGraphs
 from kamado.engine.decode_attention import RowGroup, attend_rows, group_rows
 from kamado.engine.kv_cache import CacheFullError, PagedKVCache
-from kamado.engine.sampler import SampledToken, Sampler, SamplingParams, pick_rows
+from kamado.engine.sampler import SampledToken, Sampler, SamplingParams, pick_rows, picks_from, rank_rows
 from kamado.engine.stop import StopMatcher
 from kamado.kernels.cpu import DECODE_ROWS
 from kamado.kernels.heap import release_free_heap
@@ -123,6 +123,24 @@ class _Sequence:
         self.prompt_cuts = [c for c in (self.n_prompt - 4 - engine.chunk, self.n_prompt - 4) if swa and c > n_cached]
 
 
+@dataclass
+class _InFlight:
+    """A graphed decode step launched but not yet accepted: every row greedy, its tokens picked on the device and on
+    their way to the host (DecodeGraphs.next_logits).
+
+    While the GPU computes it, the engine launches the next step from these device tokens and only then waits for them:
+    the host's work per token (the picks' transfer, accepting, filling and launching the next graph: 1.2-1.8 ms against
+    ~4.2 ms of GPU work for Llama-3-8B Q4_K_M on an H200, docs/GPU.md) overlaps the GPU's instead of adding to it.
+    When a sequence ends on its in-flight token, the step launched after it was computed in vain; the keys/values it
+    stored lie in pages that steps launched later overwrite, in stream order, before anything reads them."""
+
+    rows: list[tuple[_Sequence, int]]
+    logits: torch.Tensor  # on the device, for the samplers' own error messages if a row's logits are not finite
+    tokens: torch.Tensor  # each row's picked token, on the device: the next step's input
+    ranked: tuple[torch.Tensor, torch.Tensor]  # rank_rows' tensors, copied (or being copied) to the host
+    ready: torch.cuda.Event | None  # recorded after the copy (None on the CPU, where the copy is done)
+
+
 class Engine:
     def __init__(self, model, tokenizer=None, n_ctx: int = 2048, n_seq_max: int = 8, kv_tokens: int | None = None,
                  n_batch: int = 512, page_size: int = 16):
@@ -132,6 +150,7 @@ class Engine:
         self.cache = PagedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, kv_tokens or n_ctx * n_seq_max, page_size,
                                   getattr(model, "layer_devices", None))
         self._graphs = DecodeGraphs(model, self.cache) if DecodeGraphs.supported(model) else None  # whole model on one GPU
+        self._in_flight: _InFlight | None = None
         self.eog = set(getattr(tokenizer, "eog_ids", ()) or ())
         # llama.cpp's batches, one sequence at a time and no prefix reuse (the "ggml" backend reproduces llama.cpp's
         # bits, which depend on how rows are batched): each prompt as llama-server runs it, then one row a step
@@ -195,10 +214,14 @@ class Engine:
                 with torch.inference_mode():
                     self.step()
             except Exception as e:  # nothing may kill the worker: fail the running requests instead
+                self._in_flight = None
                 for seq in list(self._running):
                     self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
 
     def step(self) -> None:
+        if self._in_flight is not None:
+            self._continue_in_flight()
+            return
         self._reap_cancelled()
         self._admit()
         chunked = next((s for s in self._running if s.n_computed < s.n_prompt and not s.prompt_in_rows), None)
@@ -337,6 +360,9 @@ class Engine:
         last = [i for i, (s, p) in enumerate(rows) if p == len(s.tokens) - 1]
         if self._graphs is not None:  # decode rows only (prompt_in_rows is off): every row is last
             logits = self._graphs.logits([(s.tokens[p], p, s.pages) for s, p in rows])
+            if self._graphs.pipeline and all(s.sampler.is_greedy for s, _ in rows):
+                self._in_flight = self._send(rows, logits)
+                return
         else:
             tokens = torch.tensor([s.tokens[p] for s, p in rows])
             positions = torch.tensor([p for _, p in rows])
@@ -347,6 +373,49 @@ class Engine:
         picked = self._pick_together(seqs, logits)
         for i, s in enumerate(seqs):
             self._accept(s, picked[i] if i in picked else s.sampler.sample(logits[i], s.tokens))
+
+    @staticmethod
+    def _send(rows: list[tuple[_Sequence, int]], logits: torch.Tensor) -> _InFlight:
+        """Rank greedy rows where the logits are and start copying the result to the host, without waiting for it."""
+        ranked = rank_rows(logits, [s.sampler for s, _ in rows])
+        tokens = ranked[1][:, 0]
+        if not logits.is_cuda:
+            return _InFlight(rows, logits, tokens, ranked, None)
+        host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in ranked)
+        for target, source in zip(host, ranked, strict=True):
+            target.copy_(source, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return _InFlight(rows, logits, tokens, host, ready)
+
+    def _continue_in_flight(self) -> None:
+        """Launch the step after the in-flight one where nothing has changed (the same sequences, none cancelled, none
+        waiting to join, the step fits its graph), then accept the in-flight step's tokens."""
+        flight, self._in_flight = self._in_flight, None
+        following = None
+        with self._lock:
+            unchanged = not self._waiting and [s for s, _ in flight.rows] == self._running
+        if unchanged and not any(s.handle.cancelled.is_set() for s, _ in flight.rows):
+            logits = self._graphs.next_logits(flight.tokens)
+            if logits is not None:
+                following = self._send([(s, p + 1) for s, p in flight.rows], logits)
+        self._accept_in_flight(flight)
+        # If a sequence ended, the following step is dropped and the next one computes its rows again, as the step-by-step
+        # engine would: in fewer rows, whose bucket may take other kernels (one row a GEMV, more a GEMM), hence other bits.
+        # Its keys/values are rewritten in place.
+        if following is not None and not any(s.done for s, _ in following.rows):
+            self._in_flight = following
+
+    def _accept_in_flight(self, flight: _InFlight) -> None:
+        if flight.ready is not None:
+            flight.ready.synchronize()
+        seqs = [s for s, _ in flight.rows]
+        picks = picks_from(*flight.ranked, [s.sampler for s in seqs])
+        for i, (s, p) in enumerate(flight.rows):
+            if s.done:
+                continue
+            self._computed(s, max(s.n_computed, p + 1))
+            self._accept(s, picks[i] if picks is not None else s.sampler.sample(flight.logits[i], s.tokens))
 
     @staticmethod
     def _pick_together(seqs: list[_Sequence], logits: torch.Tensor) -> dict[int, SampledToken]:

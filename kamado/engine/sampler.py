@@ -319,15 +319,26 @@ def pick_rows(logits: torch.Tensor, samplers: list[Sampler]) -> list[SampledToke
     for bit); on an H200 `_largest` equals torch.topk and took 171 µs against 275 for 64 rows of 262149. None when
     some row's best logit is NaN or -inf: `sample` then names the problem.
     """
+    ranked, ids = rank_rows(logits, samplers)
+    return picks_from(ranked.cpu(), ids.cpu(), samplers)  # one transfer of each
+
+
+def rank_rows(logits: torch.Tensor, samplers: list[Sampler]) -> tuple[torch.Tensor, torch.Tensor]:
+    """pick_rows' work where the logits are: each row's best logits with the row's logsumexp appended (rows, k + 1),
+    and their ids (rows, k), best first."""
     k = max(max(s.params.n_probs, s.params.top_k if s.top_k_decides else 1, 1) for s in samplers)
     values, ids = _largest(logits.float(), min(k, logits.shape[-1]))
     # Row by row, so that a row's sum runs as it does alone (a whole-batch call sums each row in one thread, a lone row
     # is split over the threads: the last bit differed in ~2% of Gemma-sized rows), and logsumexp's temporary of its
     # input's size is one row's (8 rows of Gemma 3's 262144 logits at once held 8 MiB beside the logits).
     log_norm = torch.stack([torch.logsumexp(row.float(), dim=-1, keepdim=True) for row in logits])
-    host = torch.cat([values, log_norm], dim=-1).cpu(), ids.cpu()  # one transfer of each
+    return torch.cat([values, log_norm], dim=-1), ids
+
+
+def picks_from(ranked: torch.Tensor, ids: torch.Tensor, samplers: list[Sampler]) -> list[SampledToken] | None:
+    """pick_rows' result from rank_rows' tensors, on the host."""
     out = []
-    for row_values, row_ids, sampler in zip(host[0], host[1], samplers, strict=True):
+    for row_values, row_ids, sampler in zip(ranked, ids, samplers, strict=True):
         row_values, norm = row_values[:-1], float(row_values[-1])
         if not math.isfinite(float(row_values[0]) - norm):
             return None

@@ -201,6 +201,44 @@ def test_static_decode_forward_on_cpu(synthetic_dir):
             _assert_same(got, want)
 
 
+def _decode_pipelined(model, prompts, max_tokens, capture: bool, pipeline: bool):
+    """Every event of greedy requests decoded together through DecodeGraphs, with or without the in-flight pipeline."""
+    engine = Engine(model, n_ctx=128, n_seq_max=len(prompts))
+    engine._graphs = DecodeGraphs(model, engine.cache, capture=capture, pipeline=pipeline)
+    try:
+        handles = [engine.submit(Request(p, SamplingParams(temperature=0.0, n_probs=3), max_tokens=n, ignore_eos=True))
+                   for p, n in zip(prompts, max_tokens, strict=True)]
+        return [list(h) for h in handles]
+    finally:
+        engine.close()
+
+
+def _check_pipeline(model, capture: bool):
+    """The pipelined decode gives every event the step-by-step decode gives, bit for bit: sequences that end at
+    different steps (the dropped in-flight rows), page boundaries (every 16 tokens) and a key bucket change (64 keys),
+    where the pipeline falls back to a step filled on the host."""
+    prompts = [_prompt(s) for s in range(3)]
+    max_tokens = [3, 20, 54]
+    plain = _decode_pipelined(model, prompts, max_tokens, capture, pipeline=False)
+    pipelined = _decode_pipelined(model, prompts, max_tokens, capture, pipeline=True)
+    assert [len(e) for e in plain] == [n + 1 for n in max_tokens]
+    assert pipelined == plain
+
+
+def test_pipelined_decode_on_cpu(synthetic_dir):
+    path = _model_file(synthetic_dir, "Q4_K_M")
+    with GGUFReader(path) as reader:
+        _check_pipeline(load_model(reader), capture=False)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_pipelined_decode_on_gpu(synthetic_dir):
+    path = _model_file(synthetic_dir, "Q4_K_M")
+    with GGUFReader(path) as reader:
+        _check_pipeline(load_model(reader, "reference", n_gpu_layers=-1), capture=True)
+
+
 @pytest.mark.gpu
 @needs_gpu
 def test_cuda_graph_decode_matches_eager(synthetic_dir, monkeypatch):
