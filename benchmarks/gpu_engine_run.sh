@@ -23,7 +23,7 @@ for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
     timeout ${BATCHED_LIMIT:-200} python3 benchmarks/bench_gpu_batched.py -m $M/llama3-8b-$T.gguf --npl $NPL 2>&1 | tee -a $OUT/batched.md
   fi
   if [ -n "${BASELINE:-}" ]; then
-    env $BASELINE timeout 60 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 0 -n 128 -r 2 2>&1 | tee -a $OUT/baseline.md
+    env $BASELINE timeout 90 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 512 -n 128 -r ${REPS:-3} 2>&1 | tee -a $OUT/baseline.md
   fi
   if [ -n "${PROFILE:-}" ]; then
     timeout 120 python3 benchmarks/profile_gpu_decode.py -m $M/llama3-8b-$T.gguf --steps 8 --prefill 512 2>&1 | tee -a $OUT/profile.txt

@@ -219,8 +219,7 @@ class Engine:
                     self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
 
     def step(self) -> None:
-        if self._in_flight is not None:
-            self._continue_in_flight()
+        if self._in_flight is not None and self._continue_in_flight():
             return
         self._reap_cancelled()
         self._admit()
@@ -388,9 +387,10 @@ class Engine:
         ready.record()
         return _InFlight(rows, logits, tokens, host, ready)
 
-    def _continue_in_flight(self) -> None:
+    def _continue_in_flight(self) -> bool:
         """Launch the step after the in-flight one where nothing has changed (the same sequences, none cancelled, none
-        waiting to join, the step fits its graph), then accept the in-flight step's tokens."""
+        waiting to join, the step fits its graph), then accept the in-flight step's tokens. False when no step is in
+        flight afterwards: the caller then takes a step of its own."""
         flight, self._in_flight = self._in_flight, None
         following = None
         with self._lock:
@@ -405,6 +405,7 @@ class Engine:
         # Its keys/values are rewritten in place.
         if following is not None and not any(s.done for s, _ in following.rows):
             self._in_flight = following
+        return self._in_flight is not None
 
     def _accept_in_flight(self, flight: _InFlight) -> None:
         if flight.ready is not None:

@@ -27,6 +27,7 @@ from kamado.quants.kquants import (
     quantize_superblocks,
     seq_sum,
     t_columns,
+    t_constant,
     t_first_absmax,
     t_nearest_int,
     t_quantize_blocks,
@@ -136,7 +137,7 @@ def _dequantize_iq4_xs(raw: np.ndarray) -> np.ndarray:
 
 
 def _t_values(like):
-    return torch.tensor(_VALUES, device=like.device)
+    return t_constant(tuple(_VALUES.tolist()), torch.float32, like.device)
 
 
 # ---------------------------------------------------------------- quantizers (torch twins, any device; see kquants.py)

@@ -13,6 +13,8 @@ every group through every step: a group that stopped changing stays at its fixed
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -938,7 +940,15 @@ def _t_f16(b, at: int):
 
 
 def _t_shifts(values, like):
-    return torch.tensor(values, dtype=torch.uint8, device=like.device)
+    return t_constant(tuple(values), torch.uint8, like.device)
+
+
+@functools.cache
+def t_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor, made once per device (never written to): made per call, it was copied from the host,
+    and that copy waits for the work queued on the device (DecodeGraphs.next_logits dequantizes embedding rows on the
+    GPU while the previous decode step still runs there)."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _t_unpack_q3_scales(s):
