@@ -1,7 +1,7 @@
 #!/bin/bash
 # One device call: GPU engine tests, synthetic 8B models, kamado bench and batched decode (docs/GPU.md, "The engine on the GPU").
 # Run from the repo root on the GPU machine with .whl carried: bash benchmarks/gpu_engine_run.sh
-# Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE='VAR=value ...' adds a tg128 run under those settings
+# Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE='VAR=value ...' adds a pp512 + tg128 run under those settings
 # (e.g. KAMADO_CUDA_GRAPHS=0: eager; KAMADO_INT8_GEMV=0: float GEMV),
 # PROFILE=1 a torch.profiler table of graphed decode steps and a 512-token prefill (benchmarks/profile_gpu_decode.py),
 # TIMELINE='1 8' the host/GPU split of a graphed decode step for those row counts (benchmarks/gpu_step_timeline.py).
