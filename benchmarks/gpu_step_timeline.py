@@ -51,7 +51,11 @@ def main() -> None:
     args = ap.parse_args()
     model = load_model(GGUFReader(args.model), n_gpu_layers=-1)
     engine = Engine(model, None, n_ctx=512, n_seq_max=max(1, args.rows))
-    engine.generate(Request([1, 500, 600, 700], SamplingParams(temperature=0), 8, ignore_eos=True))  # compiles the kernels
+    # compiles the kernels and captures the graphs of every key bucket the measured steps reach (a capture takes ~0.1 s)
+    warm = [engine.submit(Request([1, 500 + i, 600, 700], SamplingParams(temperature=0), args.steps + 16, ignore_eos=True))
+            for i in range(args.rows)]
+    for handle in warm:
+        list(handle)
     engine.close()
     graphs = cuda_graph.DecodeGraphs
     for name in ("_fill", "logits", "next_logits", "_embed"):
