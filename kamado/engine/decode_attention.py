@@ -71,7 +71,10 @@ def attend_rows(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g
         qg, keys, values = qg.expand(2, -1, -1), keys.expand(2, -1, -1), values.expand(2, -1, -1)
     scores = torch.bmm(qg, keys.transpose(1, 2)).view(-1, n_kv, group_size, width)
     # in place on the fresh scores: the same arithmetic without a new tensor per step
-    scores = scores.mul_(scale / softcap).tanh_().mul_(softcap) if softcap else scores.mul_(scale)
+    if softcap:
+        scores = scores.mul_(scale / softcap).tanh_().mul_(softcap)
+    elif scale != 1.0:  # 1.0 where the queries come scaled (ArchSpec.scale_queries: Gemma)
+        scores = scores.mul_(scale)
     probs = torch.softmax(scores.masked_fill_(group.hidden, float("-inf")), dim=-1)
     out = torch.bmm(probs.view(-1, group_size, width), values)
     return out[: n * n_kv].reshape(n, n_head * head_dim_v)
