@@ -52,21 +52,29 @@ def attend_rows(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g
     """One query row per sequence: q (n, H, D) of the group's rows -> (n, H*Dv)."""
     n, n_head, head_dim = q.shape
     n_kv, head_dim_v, width = k_cache.shape[1], v_cache.shape[2], group.slots.shape[1]
-    slots, hidden = group.slots, group.hidden
-    if n * n_kv == 1:
-        # torch's bmm computes a batch of one matrix by another route, which rounds differently from the same matrix
-        # inside a larger batch: a lone row (one KV head) goes twice, so a sequence alone is computed as in company.
-        q, slots, hidden = q.expand(2, -1, -1), slots.expand(2, -1), hidden.expand(2, -1, -1, -1)
-    rows = q.shape[0]
-    flat = slots.reshape(-1)
+    group_size = n_head // n_kv
+    flat = group.slots.reshape(-1)
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:
+        """The group's keys or values as float32 (n * n_kv, width, D), one matrix per (row, kv head)."""
+        rows = cache.index_select(0, flat).float()
+        return rows.view(n, width, -1) if n_kv == 1 else rows.view(n, width, n_kv, -1).transpose(1, 2).reshape(n * n_kv, width, -1)
+
     # Explicit (row, kv head) batches of plain matrix products: einsum picks its own layout from the shapes, which
     # made a row's result depend on the batch it was in.
-    keys, values = (cache.index_select(0, flat).view(rows, width, n_kv, -1).transpose(1, 2).float().reshape(rows * n_kv, width, -1)
-                    for cache in (k_cache, v_cache))
-    qg = q.float().reshape(rows * n_kv, n_head // n_kv, head_dim)
-    scores = torch.bmm(qg, keys.transpose(1, 2)).view(rows, n_kv, n_head // n_kv, width)
+    keys, values = gather(k_cache), gather(v_cache)
+    qg = q.float().reshape(n * n_kv, group_size, head_dim)
+    if n * n_kv == 1:
+        # torch's bmm computes a batch of one matrix by another route, which rounds differently from the same matrix
+        # inside a larger batch: a lone row (one KV head) goes as a batch of two views of the same matrices (MKL's
+        # batched product, as in company), gathered and converted once.
+        qg, keys, values = qg.expand(2, -1, -1), keys.expand(2, -1, -1), values.expand(2, -1, -1)
+    scores = torch.bmm(qg, keys.transpose(1, 2)).view(-1, n_kv, group_size, width)
     # in place on the fresh scores: the same arithmetic without a new tensor per step
-    scores = scores.mul_(scale / softcap).tanh_().mul_(softcap) if softcap else scores.mul_(scale)
-    probs = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1)
-    out = torch.bmm(probs.view(rows * n_kv, n_head // n_kv, width), values)
+    if softcap:
+        scores = scores.mul_(scale / softcap).tanh_().mul_(softcap)
+    elif scale != 1.0:  # 1.0 where the queries come scaled (ArchSpec.scale_queries: Gemma)
+        scores = scores.mul_(scale)
+    probs = torch.softmax(scores.masked_fill_(group.hidden, float("-inf")), dim=-1)
+    out = torch.bmm(probs.view(-1, group_size, width), values)
     return out[: n * n_kv].reshape(n, n_head * head_dim_v)

@@ -317,6 +317,8 @@ class Engine:
         tables = {}  # (window, device) -> (slots to store the rows' K/V in, row groups), shared by the layers of a step
 
         def table(window, device):
+            if window and (window, device) not in tables and all(pos < window for _, pos in rows):
+                tables[(window, device)] = table(0, device)  # no row has a key outside its window: the keys of no window
             if (window, device) not in tables:
                 key_slots = [cache.slots(s.pages, max(0, pos - window + 1) if window else 0, pos + 1) for s, pos in rows]
                 groups = [RowGroup(*(t.to(device) for t in (g.rows, g.slots, g.hidden))) for g in group_rows(key_slots)]

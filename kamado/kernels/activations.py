@@ -75,7 +75,7 @@ def round_q8_k(x: torch.Tensor) -> torch.Tensor:
     the same q * d (rounding half to even is symmetric, and (-a) * (-b) == a * b), and no q passes 127, so this is
     round(x * s) * (1 / s) with s = 127 / max|x| (a zero block stays zero: its max is lifted to 1e-30).
     """
-    blocks = x.float().reshape(*x.shape[:-1], x.shape[-1] // 256, 256)
+    blocks = (x if x.dtype == torch.float32 else x.float()).reshape(*x.shape[:-1], x.shape[-1] // 256, 256)
     s = torch.div(_127, torch.amax(blocks.abs(), dim=-1, keepdim=True).clamp_min_(1e-30))
     return torch.mul(blocks, s).round_().mul_(s.reciprocal_()).reshape(x.shape)
 

@@ -126,7 +126,7 @@ class Rope:
         if self.freq_factors is not None:
             theta = theta / self.freq_factors
         mscale = s.attn_factor
-        theta_interp = s.freq_scale * theta
+        theta_interp = theta if s.freq_scale == 1.0 else s.freq_scale * theta  # (x * 1.0 is x: one op fewer a step)
         if self.corr_dims is None:
             theta = theta_interp
         else:
@@ -137,7 +137,7 @@ class Rope:
             theta = theta_interp * (1 - ramp_mix) + theta * ramp_mix
             mscale *= 1.0 + 0.1 * math.log(1.0 / s.freq_scale)
         cos, sin = self.trig(theta)
-        return cos * mscale, sin * mscale
+        return (cos, sin) if mscale == 1.0 else (cos * mscale, sin * mscale)
 
     def trig(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cos(theta), torch.sin(theta)

@@ -263,8 +263,9 @@ class DecoderModel(torch.nn.Module):
         tables = {}  # rope.tables of each trig entry, built once per step (CPU layers)
         pending = None  # the last layer's FFN output: added to x together with the next norm (one kernel on the GPU)
         for layer, spec, rope in zip(self.layers, self.attn, self.ropes, strict=True):
-            x = x.to(layer.device)  # crosses devices once per CPU/GPU boundary (a no-op otherwise)
-            pending = None if pending is None else pending.to(layer.device)
+            if x.device != layer.device:  # crosses devices once per CPU/GPU boundary (a device test costs less than a no-op .to)
+                x = x.to(layer.device)
+                pending = None if pending is None else pending.to(layer.device)
             key = (id(rope), layer.device)
             if key not in trig:  # rope tables are computed on the CPU (float32 as ggml), then moved once per step
                 trig[key] = tuple(c.to(layer.device) for c in rope.cos_sin(positions))
@@ -285,7 +286,7 @@ class DecoderModel(torch.nn.Module):
                 qk = rope.rotate(qk, *tables[key])
             q, k = qk[:, : cfg.n_head], qk[:, cfg.n_head :]
             if spec.q_scale != 1.0:
-                q = q * torch.tensor(spec.q_scale, dtype=q.dtype)
+                q = q * spec.q_scale  # float32 q: the scale rounded to float32, as a 0-dim tensor of it would be
             a = layer.o(attend(spec, q, k, v))
             if layer.post_attn_norm is not None:
                 a = rms_norm(a, layer.post_attn_norm, cfg.eps)
