@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -141,7 +142,10 @@ def test_pty_conversation_japanese_ctrl_c_exit(gemma_path):
     env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm", "PYTHONIOENCODING": "utf-8"}
     argv = ["-m", "kamado.cli.main", "run", "-m", str(gemma_path), "-cnv", "--chat-template", "gemma",  # answers in Japanese
             "--ignore-eos", "-n", "2000", "-c", "2048", "--temp", "0"]
-    child = pexpect.spawn(sys.executable, argv, env=env, encoding="utf-8", timeout=600, dimensions=(40, 160))
+    # SIGINT back to its default in the child: a runner started in the background of a shell without job control ignores
+    # it, the child would inherit that, and Ctrl+C would do nothing (a CI run launched so timed out here)
+    child = pexpect.spawn(sys.executable, argv, env=env, encoding="utf-8", timeout=600, dimensions=(40, 160),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     screen = io.StringIO()
     child.logfile_read = screen
     cjk = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
