@@ -18,6 +18,7 @@ from gguf import quants as gguf_quants
 
 from kamado.gguf.constants import GGMLQuantizationType as Q
 from kamado.quants.floats import f16_bytes_to_f32, f16_bytes_to_f32_torch
+from kamado.quants.kquants import t_constant
 
 F32 = np.float32
 IQ1S_DELTA = F32(0.125)
@@ -171,7 +172,14 @@ def _dequantize_iq1_m(raw):
 
 
 def _t_table(table: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(table).to(like.device)
+    """One of the cached numpy tables (grid, _ksigns) on like's device, copied there once (kquants.t_constant says why)."""
+    key = (id(table), like.device)
+    if key not in _DEVICE_TABLES:
+        _DEVICE_TABLES[key] = (table, torch.from_numpy(table).to(like.device))  # the table kept: its id stays its own
+    return _DEVICE_TABLES[key][1]
+
+
+_DEVICE_TABLES: dict = {}
 
 
 def _t_blocks(raw: torch.Tensor, type_size: int) -> torch.Tensor:
@@ -206,7 +214,7 @@ def _t_dequantize_iq2_xxs(raw):
     words = _t_le(b[:, 2:].reshape(nb, 8, 2, 4))
     indices = b[:, 2:].reshape(nb, 8, 8)[:, :, :4].to(torch.int64)
     db = d[:, :, None] * (0.5 + (words[:, :, 1] >> 28).to(torch.float32))[:, :, None] * 0.25
-    sign_idx = (words[:, :, 1:2] >> torch.tensor([0, 7, 14, 21], device=b.device)) & 127
+    sign_idx = (words[:, :, 1:2] >> t_constant((0, 7, 14, 21), torch.int64, b.device)) & 127
     signs = _t_sign_bits(_t_ksigns(sign_idx))
     values = db[..., None] * _t_table(grid(Q.IQ2_XXS), b)[indices] * signs
     return values.reshape(raw.shape[0], -1)
@@ -227,7 +235,7 @@ def _t_dequantize_iq2_s(raw):
     nb = len(b)
     d = f16_bytes_to_f32_torch(b[:, :2])
     low, sign_bytes, qh, scales = b[:, 2:34], b[:, 34:66], b[:, 66:74], b[:, 74:82]
-    high = (qh.to(torch.int64)[:, :, None] >> torch.tensor([0, 2, 4, 6], device=b.device)) & 3
+    high = (qh.to(torch.int64)[:, :, None] >> t_constant((0, 2, 4, 6), torch.int64, b.device)) & 3
     indices = low.to(torch.int64) | (high.reshape(nb, 32) << 8)
     db = _t_two_scales_per_32(d, scales)
     values = db[..., None] * _t_table(grid(Q.IQ2_S), b)[indices] * _t_sign_bits(sign_bytes)
@@ -241,7 +249,7 @@ def _t_dequantize_iq3_xxs(raw):
     indices = b[:, 2:66].reshape(nb, 8, 8).to(torch.int64)
     words = _t_le(b[:, 66:98].reshape(nb, 8, 4))
     db = d * (0.5 + (words >> 28).to(torch.float32)) * 0.5
-    sign_idx = (words[:, :, None] >> torch.tensor([0, 7, 14, 21], device=b.device)) & 127
+    sign_idx = (words[:, :, None] >> t_constant((0, 7, 14, 21), torch.int64, b.device)) & 127
     signs = _t_sign_bits(_t_ksigns(sign_idx)).reshape(nb, 8, 32)
     values = db[:, :, None] * _t_table(grid(Q.IQ3_XXS), b)[indices].reshape(nb, 8, 32) * signs
     return values.reshape(raw.shape[0], -1)
@@ -269,7 +277,7 @@ def _t_dequantize_iq1_s(raw):
     qh = _t_le(b[:, 34:50].reshape(nb, 8, 2))
     dl = d * (2 * ((qh >> 12) & 7) + 1).to(torch.float32)
     delta = torch.where((qh & 0x8000) != 0, -0.125, 0.125).to(torch.float32)
-    high = (qh[:, :, None] >> torch.tensor([0, 3, 6, 9], device=b.device)) & 7
+    high = (qh[:, :, None] >> t_constant((0, 3, 6, 9), torch.int64, b.device)) & 7
     values = dl[:, :, None, None] * (_t_table(grid(Q.IQ1_S), b)[qs | (high << 8)] + delta[:, :, None, None])
     return values.reshape(raw.shape[0], -1)
 
@@ -283,8 +291,8 @@ def _t_dequantize_iq1_m(raw):
     halves = torch.stack([bits & 0xFF, bits >> 8], dim=-1).to(torch.uint8)
     d = f16_bytes_to_f32_torch(halves)  # (nb, 1)
     sc = sc.repeat_interleave(2, dim=1)  # (nb, 8)
-    shift = torch.tensor([0, 6], device=b.device).repeat(4)
-    three_bits = (sc[:, :, None] >> (shift[:, None] + torch.tensor([0, 3], device=b.device))) & 7
+    shift = t_constant((0, 6), torch.int64, b.device).repeat(4)
+    three_bits = (sc[:, :, None] >> (shift[:, None] + t_constant((0, 3), torch.int64, b.device))) & 7
     dl = d[:, :, None] * (2 * three_bits + 1).to(torch.float32)
     nibble = torch.stack([qh & 15, qh >> 4], dim=-1).reshape(nb, 8, 4).to(torch.int64)
     delta = torch.where((nibble & 8) != 0, -0.125, 0.125).to(torch.float32)
