@@ -67,7 +67,7 @@ def main() -> None:
         engine._waiting.append(Handle(engine, Request([1, 500 + i, 600, 700], SamplingParams(temperature=0), args.steps + 16,
                                                       ignore_eos=True)))
     with torch.inference_mode():
-        for _ in range(4):  # admit, prefill, first decode steps (captures the graph)
+        for _ in range(4):  # admit, prefill, first decode steps
             engine.step()
         torch.cuda.synchronize()
         spent.clear()
