@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kamado.gguf.constants import GGML_BLOCK_SIZES  # noqa: E402
 from kamado.gguf.constants import GGMLQuantizationType as Q  # noqa: E402
+from kamado.kernels.activations import round_q8_k  # noqa: E402
 from kamado.kernels.linear import QuantTensor  # noqa: E402
-from kamado.kernels.triton import kernels, linear  # noqa: E402
+from kamado.kernels.triton import kernels, linear, q8k_gemv  # noqa: E402
 from kamado.kernels.triton.layout import random_blocks  # noqa: E402
 from kamado.quants import dequantize_torch  # noqa: E402
 
@@ -62,8 +63,8 @@ CHECK_CONFIGS = [(16, 512, 4, 0), (64, 256, 2, 64), (1, 1024, 1, 0), (2, 2048, 2
 Q6K_CONFIGS = [(2, 2048, 2, 0), (16, 512, 4, 2048), (4, 1024, 2, 0), (4, 2048, 4, 0), (16, 1024, 4, 2048)]
 
 
-def run_production(lin, x: torch.Tensor, config=None) -> torch.Tensor:
-    return lin(x[None, :])
+def run_word(lin, x: torch.Tensor, config=None) -> torch.Tensor:
+    return lin.gemv(x[None, :])  # the Triton word GEMV under linear.WORD_GEMV_CONFIGS (lin(x) takes the CUDA GEMV)
 
 
 def run_config(lin, x: torch.Tensor, config) -> torch.Tensor:
@@ -84,15 +85,38 @@ def run_nibble_order(lin, x: torch.Tensor, config=None) -> torch.Tensor:
     return linear.nibble_order(x)
 
 
-# (qtype, name) -> (run(linear, x, config), configs, quick configs, check configs, checked against the reference)
+def run_q8k(lin, x: torch.Tensor, config) -> torch.Tensor:
+    """The CUDA GEMV (q8k_gemv.py) under a config, its activation rounding included; config[3] = activation rows."""
+    return q8k_gemv.gemv(x.expand(config[3], -1), lin.weight.planes, lin.qtype, lin.out_features, config[:3])
+
+
+def run_batch8(lin, x: torch.Tensor, config=None) -> torch.Tensor:
+    return lin(x.expand(8, -1))  # the production path of 8 rows: the fused tensor-core GEMM
+
+
+def run_quantize(lin, x: torch.Tensor, config=None) -> torch.Tensor:
+    return q8k_gemv.quantize_q8k(x[None, :])[0]
+
+
+# q8k_gemv (CUDA) configs: (ROWS a warp, U steps loaded ahead, WARPS a program, activation rows)
+Q8K_CONFIGS = [(2, 4, 4, 1), (1, 4, 4, 1), (2, 2, 4, 1), (4, 2, 4, 1), (2, 4, 8, 1), (1, 8, 4, 1), (4, 4, 2, 1),
+               (2, 4, 4, 8), (4, 2, 4, 8)]  # fmt: skip
+QUICK_Q8K_CONFIGS = Q8K_CONFIGS
+# (qtype, name) -> (run(linear, x, config), configs, quick configs, check configs, the reference it is checked against:
+# "float" x, x rounded to "q8k", or None)
 VARIANTS = {
-    (Q.Q4_K, "production"): (run_production, [None], [None], [None], True),
-    (Q.Q4_K, "gemv_kernel (before)"): (run_generic, [None], [None], [None], True),
-    (Q.Q4_K, "q4k_gemv_kernel"): (run_config, CONFIGS, QUICK_CONFIGS, CHECK_CONFIGS, True),
-    (Q.Q4_K, "nibble_order alone"): (run_nibble_order, [None], [None], [], False),
-    (Q.Q6_K, "production"): (run_production, [None], [None], [None], True),
-    (Q.Q6_K, "gemv_kernel (before)"): (run_generic, [None], [None], [None], True),
-    (Q.Q6_K, "q6k_gemv_kernel"): (run_config, Q6K_CONFIGS, Q6K_CONFIGS[:2], CHECK_CONFIGS, True),
+    (Q.Q4_K, "word GEMV (Triton)"): (run_word, [None], [None], [None], "float"),
+    (Q.Q4_K, "gemv_kernel (before)"): (run_generic, [None], [None], [None], "float"),
+    (Q.Q4_K, "q4k_gemv_kernel"): (run_config, CONFIGS, QUICK_CONFIGS[:1], CHECK_CONFIGS, "float"),
+    (Q.Q4_K, "nibble_order alone"): (run_nibble_order, [None], [None], [], None),
+    (Q.Q4_K, "q8k_gemv (CUDA)"): (run_q8k, Q8K_CONFIGS, QUICK_Q8K_CONFIGS, [], "q8k"),
+    (Q.Q4_K, "quantize_q8k alone"): (run_quantize, [None], [None], [], None),
+    (Q.Q4_K, "8 rows, fused GEMM (production)"): (run_batch8, [None], [None], [], None),
+    (Q.Q6_K, "word GEMV (Triton)"): (run_word, [None], [None], [None], "float"),
+    (Q.Q6_K, "gemv_kernel (before)"): (run_generic, [None], [None], [None], "float"),
+    (Q.Q6_K, "q6k_gemv_kernel"): (run_config, Q6K_CONFIGS, Q6K_CONFIGS[:1], CHECK_CONFIGS, "float"),
+    (Q.Q6_K, "q8k_gemv (CUDA)"): (run_q8k, Q8K_CONFIGS, QUICK_Q8K_CONFIGS, [], "q8k"),
+    (Q.Q6_K, "8 rows, fused GEMM (production)"): (run_batch8, [None], [None], [], None),
 }
 TOLERANCE = 1e-4
 
@@ -119,7 +143,7 @@ def check(device: str) -> None:
             x = torch.randn(cols, device=device)
             ref = dequantize_torch(raw, qtype).double() @ x.double()
             for (vtype, name), (run, _, _, configs, _) in VARIANTS.items():
-                for config in configs if vtype == qtype else []:
+                for config in configs if vtype == qtype else []:  # (the CUDA GEMV has no check configs: it is tested)
                     err = rel_error(run(lin, x, config), ref)
                     ok = err <= TOLERANCE
                     print(f"{qtype.name} {rows}x{cols} {name} {config}: error {err:.2e} {'ok' if ok else 'FAIL'}", flush=True)
@@ -162,16 +186,17 @@ def bench(quick: bool) -> None:
         made = [make_weight(qtype, rows, cols, "cuda", seed=i) for i in range(n_copies)]
         lins = [lin for lin, _ in made]
         x = torch.randn(cols, device="cuda")
-        ref = dequantize_torch(made[0][1], qtype).double() @ x.double()
-        del made
+        w = dequantize_torch(made[0][1], qtype).double()
+        refs = {"float": w @ x.double(), "q8k": w @ round_q8_k(x).double()}
+        del made, w
         nbytes = lins[0].nbytes + 4 * cols
-        for (vtype, name), (run, configs, quick_configs, _, checked) in VARIANTS.items():
+        for (vtype, name), (run, configs, quick_configs, _, reference) in VARIANTS.items():
             for config in (quick_configs if quick else configs) if vtype == qtype else []:
                 key = (f"{qtype.name} {name}", "" if config is None else str(config))
                 log(f"[{time.time() - start:6.1f} s] {qtype.name} {rows}x{cols} {name} {config}")
                 try:
-                    if checked:
-                        err = rel_error(run(lins[0], x, config), ref)
+                    if reference:
+                        err = rel_error(run(lins[0], x, config)[:1], refs[reference])
                         errors[key] = max(errors.get(key, 0.0), err)
                         if err > TOLERANCE:
                             failures.append(f"{name} {config} {rows}x{cols}: error {err:.2e} > {TOLERANCE}")

@@ -211,16 +211,17 @@ def embedding_rows(tensor: QuantTensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def make_linear(tensor: QuantTensor, backend: str = "cpu", logits: bool = False):
-    """`logits`: the output projection, which the cpu backend computes without llama.cpp's activation rounding
+    """`logits`: the output projection, which the cpu and cuda backends compute without llama.cpp's activation rounding
     (kamado/kernels/cpu.py, _input_rounding, says why) and the ggml backend in ggml's float order only near the top
-    (GgmlLinear);
-    the other backends compute it as any weight."""
+    (GgmlLinear); the reference backend computes it as any weight."""
     try:
         factory = BACKENDS[backend]
     except KeyError:
         raise KernelError(f"unknown kernel backend {backend!r}; available: {', '.join(BACKENDS)}") from None
     if backend == "cpu":
         return _cpu(tensor, logits)
+    if backend == "cuda":
+        return _cuda(tensor, logits)
     return GgmlLinear(tensor, logits) if backend == "ggml" else factory(tensor)
 
 
@@ -230,10 +231,10 @@ def _cpu(tensor: QuantTensor, logits: bool = False):
     return make_cpu_linear(tensor, logits)
 
 
-def _cuda(tensor: QuantTensor):
+def _cuda(tensor: QuantTensor, logits: bool = False):
     from kamado.kernels.triton import make_linear as make_triton_linear
 
-    return make_triton_linear(tensor, "cuda")
+    return make_triton_linear(tensor, "cuda", logits=logits)
 
 
 BACKENDS = {"reference": ReferenceLinear, "ggml": GgmlLinear, "cpu": _cpu, "cuda": _cuda}

@@ -167,7 +167,8 @@ def test_split_k_products_are_reproducible(qtype, m, monkeypatch):
     raw = random_blocks(qtype, rows, cols, seed=m)
     lin = linear.TritonLinear(QuantTensor("w", qtype, (rows, cols), raw), device=DEVICE)
     x = torch.randn(m, cols, generator=torch.Generator().manual_seed(m)).to(DEVICE)
-    first, second = lin(x), lin(x)
+    product = lin.gemv if m == 1 else lin  # the Triton GEMV, also where the CUDA GEMV (no split) would take m = 1
+    first, second = product(x), product(x)
     assert torch.equal(first, second)
     assert int(linear._split_workspace(x.device)[1].abs().sum()) == 0
     xd = x.double() if m == 1 else x.half().double()
@@ -198,6 +199,41 @@ def test_word_gemv_matches_the_twin(qtype, rows, cols, source, entry, monkeypatc
         raw = torch.from_numpy(quantize((torch.randn(rows, cols, generator=gen) * 0.02).numpy(), qtype))
     lin = linear.TritonLinear(QuantTensor("w", qtype, (rows, cols), raw), device=DEVICE)
     x = torch.randn(1, cols, generator=gen)
-    y = lin(x.to(DEVICE))
+    y = lin.gemv(x.to(DEVICE))  # the word GEMV, also where the CUDA GEMV takes lin(x)
     assert y.shape == (1, rows) and y.dtype == torch.float32
     assert _rel_err(y, x.double() @ dequantize_torch(raw, qtype).double().T) < 1e-5
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("rows, cols, source", [(37, 768, "random"), (37, 2560, "quantized"), (130, 4096, "quantized"),
+                                                (9, 14336, "quantized")])
+def test_cuda_gemv_is_exact_on_q8k_rounded_activations(qtype, rows, cols, source):
+    """The CUDA GEMV (q8k_gemv.cu) rounds x to Q8_K exactly as kamado.kernels.activations does (the CPU path's and
+    ggml-cpu's rounding), and its integer block sums make the product the float64 product of that x, to float32
+    rounding: odd row counts (a warp's rows past the end), 3, 10, 16 and 56 blocks (steps past a row's end), random bit
+    patterns and kamado-quantized weights, an outlier and a zero block."""
+    from kamado.gguf.constants import GGMLQuantizationType as Q
+    from kamado.kernels.activations import quantize_q8_k, round_q8_k
+    from kamado.kernels.triton import q8k_gemv
+    from kamado.kernels.triton.layout import random_blocks, split_planes
+    from kamado.quants import dequantize_torch, quantize
+
+    if not q8k_gemv.available():
+        pytest.skip("the CUDA GEMV needs a CUDA device and NVRTC")
+    qtype = Q[qtype]
+    gen = torch.Generator().manual_seed(rows + cols)
+    if source == "random":
+        raw = random_blocks(qtype, rows, cols, seed=rows)
+    else:
+        raw = torch.from_numpy(quantize((torch.randn(rows, cols, generator=gen) * 0.02).numpy(), qtype))
+    x = torch.randn(1, cols, generator=gen)
+    x[0, 5] = 30.0  # an outlier sets its block's scale
+    x[0, 256:512] = 0.0  # a zero block: d = 0
+    xq, xd, xs = (t.cpu() for t in q8k_gemv.quantize_q8k(x.cuda()))
+    q, d = quantize_q8_k(x)  # ggml's signs: q and d both negated where the block's peak is positive
+    assert torch.equal(xq.abs().float(), q.abs().reshape(1, cols))
+    assert torch.equal((xq.float().reshape(1, -1, 256) * xd[:, :, None]), q * d[..., None])
+    assert torch.equal(xs, xq.int().reshape(1, -1, 16).sum(-1))
+    y = q8k_gemv.gemv(x.cuda(), split_planes(raw.cuda(), qtype, cols).planes, qtype, rows)
+    assert y.shape == (1, rows) and y.dtype == torch.float32
+    assert _rel_err(y, round_q8_k(x).double() @ dequantize_torch(raw, qtype).double().T) < 1e-6

@@ -1,4 +1,5 @@
-"""GPU backend: Triton fused dequantize-matmul kernels over GGUF weights kept in their block bytes on the device.
+"""GPU backend: fused dequantize-matmul kernels over GGUF weights kept in their block bytes on the device, in Triton
+and, for the Q4_K/Q6_K decode GEMV, CUDA C compiled at run time by NVRTC (q8k_gemv.py).
 
 `make_linear(tensor)` has the shape of the other backends' factories (kamado/kernels/linear.py BACKENDS):
 it returns a `TritonLinear` whose call maps x (M, in) on the GPU to float32 (M, out).
@@ -18,15 +19,16 @@ def available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 
 
-def make_linear(tensor, device="cuda", stacked=()):
-    """TritonLinear for a kamado.kernels.QuantTensor, its weight copied to `device` once (stacked: see TritonLinear)."""
+def make_linear(tensor, device="cuda", stacked=(), logits=False):
+    """TritonLinear for a kamado.kernels.QuantTensor, its weight copied to `device` once (stacked, logits: see
+    TritonLinear)."""
     from kamado.kernels.linear import KernelError
 
     if not available():
         raise KernelError(f"tensor {tensor.name}: the GPU backend needs a CUDA device and Triton")
     from kamado.kernels.triton.linear import TritonLinear
 
-    return TritonLinear(tensor, device, tuple(stacked))
+    return TritonLinear(tensor, device, tuple(stacked), logits)
 
 
 def fused_linear(tensors, device="cuda"):

@@ -3,6 +3,8 @@
 Paths, chosen per call by the number of activation rows M (thresholds measured on an H100, docs/GPU.md):
   M <= 8            opt-in (KAMADO_INT8_GEMV): integer dot-product GEMV (int8_gemv.py: activations quantized to int8
                     per 32, as llama.cpp's CUDA MMVQ) for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with a multiple of 256 columns
+  M == 1            Q4_K and Q6_K layer weights (not the output projection): the CUDA GEMV of q8k_gemv.py, activations
+                    rounded to Q8_K as the CPU path rounds them, integer dot products (KAMADO_CUDA_GEMV=0: off)
   M == 1            otherwise: fused dequantize-GEMV (float32 activations, one pass over the weight bytes); Q4_K and
                     Q6_K have their own (kernels.q4k_gemv_kernel, q6k_gemv_kernel: int32 words, x reordered once per
                     call), the other types share kernels.gemv_kernel
@@ -20,7 +22,7 @@ import triton
 
 from kamado.gguf.constants import GGMLQuantizationType
 from kamado.kernels.linear import FLOAT_TYPES, KernelError, QuantTensor
-from kamado.kernels.triton import int8_gemv, kernels
+from kamado.kernels.triton import int8_gemv, kernels, q8k_gemv
 from kamado.kernels.triton.layout import GROUP_SIZE, PLANES, split_planes
 from kamado.quants.iq4 import KVALUES
 
@@ -33,6 +35,7 @@ if _INT8_SETTING in ("0", "1"):
     INT8_GEMV = tuple(int8_gemv.WORD_PLANES) if _INT8_SETTING == "1" else ()
 else:
     INT8_GEMV = tuple(GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
+CUDA_GEMV = os.environ.get("KAMADO_CUDA_GEMV", "1") != "0"
 # (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
 GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
 # The word GEMVs (M = 1, x in nibble order): qtype -> (kernel, how many leading planes it reads as int32 words).
@@ -98,9 +101,11 @@ def nibble_order(x: torch.Tensor) -> torch.Tensor:
 class TritonLinear:
     """A GGUF weight resident on a CUDA device; calling it with x (M, in) returns float32 (M, out)."""
 
-    def __init__(self, tensor: QuantTensor, device: torch.device | str = "cuda", stacked: tuple[QuantTensor, ...] = ()):
+    def __init__(self, tensor: QuantTensor, device: torch.device | str = "cuda", stacked: tuple[QuantTensor, ...] = (),
+                 logits: bool = False):  # fmt: skip
         """`stacked`: further weights of the same type and width read by the same input (q/k/v, gate/up), their
-        rows appended below tensor's: one kernel launch gives all outputs side by side."""
+        rows appended below tensor's: one kernel launch gives all outputs side by side. `logits`: the output
+        projection, whose activations are not rounded (as on the CPU: kamado/kernels/cpu.py, _input_rounding)."""
         parts = (tensor, *stacked)
         for part in parts:
             if len(part.shape) != 2:
@@ -135,6 +140,8 @@ class TritonLinear:
             n_words = WORD_GEMVS[self.qtype][1]
             self.words = tuple(p.view(torch.int32) if i < n_words else p for i, p in enumerate(self.weight.planes))
         self.int8_max_m = int8_gemv.MAX_M if self.qtype in INT8_GEMV and int8_gemv.supports(self.qtype, self.in_features) else 0
+        self.q8k_max_m = q8k_gemv.MAX_M if (CUDA_GEMV and not logits and q8k_gemv.supports(self.qtype, self.in_features)
+                                            and q8k_gemv.available(self.device.index or 0)) else 0  # fmt: skip
 
     @property
     def nbytes(self) -> int:
@@ -153,6 +160,8 @@ class TritonLinear:
         m = x.shape[0]
         if m == 0:
             return x.new_zeros((0, self.out_features), dtype=torch.float32)
+        if m <= self.q8k_max_m:
+            return q8k_gemv.gemv(x, self.weight.planes, self.qtype, self.out_features)
         if m <= self.int8_max_m:
             return int8_gemv.gemv(x, self.weight.planes, self.qtype, self.out_features)
         if m == 1:

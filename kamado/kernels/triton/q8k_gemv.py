@@ -1,0 +1,76 @@
+"""Decode GEMV for Q4_K and Q6_K weights in CUDA C (q8k_gemv.cu), compiled at run time by NVRTC through torch.
+
+Why CUDA here: the Triton word GEMVs (kernels.q4k_gemv_kernel, q6k_gemv_kernel) stayed at 25-40% of the H200's memory
+roofline whatever their configs, latency-bound (docs/GPU.md, sessions 3-5); this kernel issues all its weight loads of
+several 4-block steps before using any, and takes integer dot products (4 products per dp4a) on activations rounded to
+Q8_K: the rounding llama.cpp's CPU backend and kamado's CPU path apply to these products (kamado.kernels.activations),
+so the GPU's layer products now round as the CPU's do. NVRTC ships with torch's CUDA wheels: no toolchain is needed.
+
+`available()` is False where torch cannot compile (no CUDA, no NVRTC); callers then keep the Triton kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+
+from kamado.gguf.constants import GGMLQuantizationType as Q
+
+SOURCE = Path(__file__).with_name("q8k_gemv.cu")
+KERNELS = {Q.Q4_K: "q4k_q8k_gemv", Q.Q6_K: "q6k_q8k_gemv"}
+# (ROWS weight rows a warp, U 4-block steps loaded ahead, WARPS a program); MX, the activation rows, is the call's.
+CONFIG = (2, 4, 4)
+MAX_M = 1
+
+
+def supports(qtype: Q, cols: int) -> bool:
+    return qtype in KERNELS and cols % 256 == 0
+
+
+@functools.cache
+def _compiled(name: str, nb: int, mx: int, config: tuple[int, int, int], device: int):
+    rows, steps, warps = config
+    defines = [f"-DNB={nb}", f"-DMX={mx}", f"-DROWS={rows}", f"-DU={steps}", f"-DWARPS={warps}"]
+    with torch.cuda.device(device):
+        return torch.cuda._compile_kernel(SOURCE.read_text(), name, nvcc_options=["-std=c++17", *defines])
+
+
+@functools.cache
+def available(device: int = 0) -> bool:
+    """Whether the kernels compile here (checked once per device by compiling the smallest shape)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        _compiled("quantize_q8k", 1, 1, CONFIG, device)
+    except Exception as e:  # no NVRTC, or a torch without _compile_kernel: the Triton GEMVs remain
+        warnings.warn(f"the CUDA GEMV cannot be compiled here ({type(e).__name__}: {e}); using the Triton GEMV", stacklevel=2)
+        return False
+    return True
+
+
+def quantize_q8k(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (M, K) float32 on the GPU, K a multiple of 256 -> int8 quants (M, K), scales d (M, K / 256), the sum of each 16
+    quants (M, K / 16) int32: kamado.kernels.activations.quantize_q8_k's values (its q times the sign ggml gives them)."""
+    m, k = x.shape
+    nb = k // 256
+    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
+    xd = torch.empty(m, nb, dtype=torch.float32, device=x.device)
+    xs = torch.empty(m, k // 16, dtype=torch.int32, device=x.device)
+    kernel = _compiled("quantize_q8k", nb, 1, CONFIG, x.device.index)
+    kernel(grid=((nb + 3) // 4, m, 1), block=(128, 1, 1), args=[x, x.stride(0), xq, xd, xs])
+    return xq, xd, xs
+
+
+def gemv(x: torch.Tensor, planes: tuple[torch.Tensor, ...], qtype: Q, n: int, config: tuple[int, int, int] = CONFIG) -> torch.Tensor:
+    """y (M, n) = round_q8_k(x) @ W.T for x (M, K) and W in qtype's planes (layout.PLANES, contiguous), `supports`."""
+    x = x.float().contiguous()
+    m, k = x.shape
+    xq, xd, xs = quantize_q8k(x)
+    y = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    rows, _, warps = config
+    kernel = _compiled(KERNELS[qtype], k // 256, m, config, x.device.index)
+    kernel(grid=((n + rows * warps - 1) // (rows * warps), 1, 1), block=(32 * warps, 1, 1), args=[*planes, xq, xd, xs, y, n])
+    return y
