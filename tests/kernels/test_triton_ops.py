@@ -226,14 +226,18 @@ def test_cuda_gemv_is_exact_on_q8k_rounded_activations(qtype, rows, cols, source
         raw = random_blocks(qtype, rows, cols, seed=rows)
     else:
         raw = torch.from_numpy(quantize((torch.randn(rows, cols, generator=gen) * 0.02).numpy(), qtype))
-    x = torch.randn(1, cols, generator=gen)
+    m = q8k_gemv.MAX_M
+    x = torch.randn(m, cols, generator=gen)
     x[0, 5] = 30.0  # an outlier sets its block's scale
-    x[0, 256:512] = 0.0  # a zero block: d = 0
+    x[1, 256:512] = 0.0  # a zero block: d = 0
     xq, xd, xs = (t.cpu() for t in q8k_gemv.quantize_q8k(x.cuda()))
     q, d = quantize_q8_k(x)  # ggml's signs: q and d both negated where the block's peak is positive
-    assert torch.equal(xq.abs().float(), q.abs().reshape(1, cols))
-    assert torch.equal((xq.float().reshape(1, -1, 256) * xd[:, :, None]), q * d[..., None])
-    assert torch.equal(xs, xq.int().reshape(1, -1, 16).sum(-1))
-    y = q8k_gemv.gemv(x.cuda(), split_planes(raw.cuda(), qtype, cols).planes, qtype, rows)
-    assert y.shape == (1, rows) and y.dtype == torch.float32
+    assert torch.equal(xq.abs().float(), q.abs().reshape(m, cols))
+    assert torch.equal((xq.float().reshape(m, -1, 256) * xd[:, :, None]), q * d[..., None])
+    assert torch.equal(xs, xq.int().reshape(m, -1, 16).sum(-1))
+    planes = split_planes(raw.cuda(), qtype, cols).planes
+    y = q8k_gemv.gemv(x.cuda(), planes, qtype, rows)
+    assert y.shape == (m, rows) and y.dtype == torch.float32
     assert _rel_err(y, round_q8_k(x).double() @ dequantize_torch(raw, qtype).double().T) < 1e-6
+    for i in (0, 1, m - 1):  # a row's result does not depend on the rows beside it
+        assert torch.equal(y[i : i + 1], q8k_gemv.gemv(x[i : i + 1].cuda(), planes, qtype, rows))

@@ -3,7 +3,7 @@
 Paths, chosen per call by the number of activation rows M (thresholds measured on an H100, docs/GPU.md):
   M <= 8            opt-in (KAMADO_INT8_GEMV): integer dot-product GEMV (int8_gemv.py: activations quantized to int8
                     per 32, as llama.cpp's CUDA MMVQ) for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with a multiple of 256 columns
-  M == 1            Q4_K and Q6_K layer weights (not the output projection): the CUDA GEMV of q8k_gemv.py, activations
+  M <= 8            Q4_K and Q6_K layer weights (not the output projection): the CUDA GEMV of q8k_gemv.py, activations
                     rounded to Q8_K as the CPU path rounds them, integer dot products (KAMADO_CUDA_GEMV=0: off)
   M == 1            otherwise: fused dequantize-GEMV (float32 activations, one pass over the weight bytes); Q4_K and
                     Q6_K have their own (kernels.q4k_gemv_kernel, q6k_gemv_kernel: int32 words, x reordered once per

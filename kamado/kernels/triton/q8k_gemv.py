@@ -22,8 +22,11 @@ from kamado.gguf.constants import GGMLQuantizationType as Q
 SOURCE = Path(__file__).with_name("q8k_gemv.cu")
 KERNELS = {Q.Q4_K: "q4k_q8k_gemv", Q.Q6_K: "q6k_q8k_gemv"}
 # (ROWS weight rows a warp, U 4-block steps loaded ahead, WARPS a program); MX, the activation rows, is the call's.
-CONFIG = (2, 4, 4)
-MAX_M = 1
+# H200 (benchmarks/gemv_variants.py, docs/GPU.md session 7): (1, 4, 4) best or within 3% of the best on every Llama-3-8B
+# shape of both types; 14336x4096 Q4_K 15.0 µs (52% of the roofline) against 26.2 for the Triton word GEMV.
+CONFIG = (1, 4, 4)
+# Up to 8 activation rows (batched decode): each row's result is the same bits as alone (same order of sums per row).
+MAX_M = 8
 
 
 def supports(qtype: Q, cols: int) -> bool:
