@@ -101,7 +101,7 @@ def run_quantize(lin, x: torch.Tensor, config=None) -> torch.Tensor:
 # q8k_gemv (CUDA) configs: (ROWS a warp, U steps loaded ahead, WARPS a program, activation rows)
 Q8K_CONFIGS = [(2, 4, 4, 1), (1, 4, 4, 1), (2, 2, 4, 1), (4, 2, 4, 1), (2, 4, 8, 1), (1, 8, 4, 1), (4, 4, 2, 1),
                (2, 4, 4, 8), (4, 2, 4, 8)]  # fmt: skip
-QUICK_Q8K_CONFIGS = [(1, 4, 4, 1), (1, 4, 4, 2), (1, 4, 4, 4), (1, 4, 4, 8), (2, 4, 4, 8), (4, 2, 4, 8), (4, 4, 2, 8)]
+QUICK_Q8K_CONFIGS = [(1, 4, 4, 1), (2, 4, 4, 2), (4, 4, 2, 2), (2, 4, 4, 4), (4, 4, 2, 4), (4, 4, 2, 8), (8, 2, 2, 8), (4, 4, 4, 8)]
 # (qtype, name) -> (run(linear, x, config), configs, quick configs, check configs, the reference it is checked against:
 # "float" x, x rounded to "q8k", or None)
 VARIANTS = {

@@ -20,7 +20,8 @@ for T in ${TYPES:-Q4_K_M Q4_0 Q8_0 F16}; do
   timeout 120 python3 -m kamado.synthetic --shape llama3-8b --type $T -o $M/llama3-8b-$T.gguf --device cuda
   echo "synthetic $T: $((SECONDS - s)) s, $(du -h $M/llama3-8b-$T.gguf | cut -f1)" | tee -a $OUT/synth.txt
   timeout 60 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 0 -n 16 -r 1 > /dev/null 2>&1  # fills Triton's disk cache
-  timeout 120 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 512 -n 128 -r ${REPS:-3} 2>&1 | tee -a $OUT/bench.md
+  timeout 120 "${KAMADO[@]}" bench -m $M/llama3-8b-$T.gguf -ngl 99 -p 512 -n 128 -r ${REPS:-3} -o json > $OUT/bench-$T.json
+  python3 -c "import json, statistics as s, sys; [print(f'{sys.argv[1]} {r[\"test\"] if \"test\" in r else (r[\"n_prompt\"], r[\"n_gen\"])}: mean {r[\"avg_ts\"]:.1f} ± {r[\"stddev_ts\"]:.1f}, median {s.median(r[\"samples_ts\"]):.1f} t/s; runs', ', '.join(f'{t:.1f}' for t in r['samples_ts'])) for r in json.load(open(sys.argv[2]))]" $T $OUT/bench-$T.json | tee -a $OUT/bench.md
   if [ "$T" = Q4_K_M ] && [ -n "${NPL:-}" ]; then
     timeout ${BATCHED_LIMIT:-200} python3 benchmarks/bench_gpu_batched.py -m $M/llama3-8b-$T.gguf --npl $NPL 2>&1 | tee -a $OUT/batched.md
   fi

@@ -167,7 +167,7 @@ def test_split_k_products_are_reproducible(qtype, m, monkeypatch):
     raw = random_blocks(qtype, rows, cols, seed=m)
     lin = linear.TritonLinear(QuantTensor("w", qtype, (rows, cols), raw), device=DEVICE)
     x = torch.randn(m, cols, generator=torch.Generator().manual_seed(m)).to(DEVICE)
-    product = lin.gemv if m == 1 else lin  # the Triton GEMV, also where the CUDA GEMV (no split) would take m = 1
+    product = lin.gemv if m == 1 else lin.fused_gemm  # the Triton kernels, also where the CUDA GEMV (no split) takes x
     first, second = product(x), product(x)
     assert torch.equal(first, second)
     assert int(linear._split_workspace(x.device)[1].abs().sum()) == 0

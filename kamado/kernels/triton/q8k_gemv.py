@@ -22,9 +22,11 @@ from kamado.gguf.constants import GGMLQuantizationType as Q
 SOURCE = Path(__file__).with_name("q8k_gemv.cu")
 KERNELS = {Q.Q4_K: "q4k_q8k_gemv", Q.Q6_K: "q6k_q8k_gemv"}
 # (ROWS weight rows a warp, U 4-block steps loaded ahead, WARPS a program); MX, the activation rows, is the call's.
-# H200 (benchmarks/gemv_variants.py, docs/GPU.md session 7): (1, 4, 4) best or within 3% of the best on every Llama-3-8B
-# shape of both types; 14336x4096 Q4_K 15.0 µs (52% of the roofline) against 26.2 for the Triton word GEMV.
+# H200 (benchmarks/gemv_variants.py, docs/GPU.md session 7): one row of x: (1, 4, 4) best or within 3% of the best on
+# every Llama-3-8B shape of both types (14336x4096 Q4_K 15.0 µs, 52% of the roofline, against 26.2 for the Triton word
+# GEMV); 8 rows: (4, 4, 2) 31.0 µs there against 49.6 with (1, 4, 4) (each x row loaded is used for 4 weight rows).
 CONFIG = (1, 4, 4)
+BATCH_CONFIG = (4, 4, 2)
 # Up to 8 activation rows (batched decode): each row's result is the same bits as alone (same order of sums per row).
 MAX_M = 8
 
@@ -67,10 +69,12 @@ def quantize_q8k(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return xq, xd, xs
 
 
-def gemv(x: torch.Tensor, planes: tuple[torch.Tensor, ...], qtype: Q, n: int, config: tuple[int, int, int] = CONFIG) -> torch.Tensor:
-    """y (M, n) = round_q8_k(x) @ W.T for x (M, K) and W in qtype's planes (layout.PLANES, contiguous), `supports`."""
+def gemv(x: torch.Tensor, planes: tuple[torch.Tensor, ...], qtype: Q, n: int, config: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """y (M, n) = round_q8_k(x) @ W.T for x (M, K), M <= MAX_M, and W in qtype's planes (layout.PLANES, contiguous),
+    `supports`; config: CONFIG for one row, BATCH_CONFIG for more, unless given."""
     x = x.float().contiguous()
     m, k = x.shape
+    config = config or (CONFIG if m == 1 else BATCH_CONFIG)
     xq, xd, xs = quantize_q8k(x)
     y = torch.empty(m, n, dtype=torch.float32, device=x.device)
     rows, _, warps = config
