@@ -111,15 +111,25 @@ class DecodeGraphs:
         self._fill(shape, rows)
         return self._run(shape, n)
 
-    def next_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
+    def next_logits(self, tokens: torch.Tensor, pages: list[list[int]]) -> torch.Tensor | None:
         """The decode step after the last one, for the same rows, each fed its token picked on the device (tokens: one
-        per row, on the device): logits as `logits` returns them. None where the step does not fit the last step's
-        graph (a position past its key bucket or in a page its slot table lacks): the engine then fills it on the host."""
+        per row, on the device; pages: each row's KV pages now): logits as `logits` returns them. A page the slot table
+        lacks is written into it on the device (the engine allocates it a step ahead). None where the step does not fit
+        the last step's graph (a position past its key bucket, or in a page not allocated yet): the engine then fills it
+        on the host."""
         shape = self.last
         page_size, n_keys = self.cache.page_size, shape.slot_table.shape[1]
-        if any(pos + 1 >= n_keys or (pos + 1) // page_size >= pages for pos, pages in zip(shape.positions_filled, shape.pages_filled,
-                                                                                           strict=True)):
-            return None
+        new_pages = []
+        for i, (pos, filled) in enumerate(zip(shape.positions_filled, shape.pages_filled, strict=True)):
+            page, own = (pos + 1) // page_size, pages[i if i < len(pages) else 0]  # padding rows repeat row 0
+            if pos + 1 >= n_keys or (page >= filled and page >= len(own)):
+                return None
+            if page >= filled:
+                new_pages.append((i, page, own[page]))
+        for i, page, at in new_pages:  # device-side writes (arange on the device): no copy from the host, no wait
+            first, stop = page * page_size, min((page + 1) * page_size, n_keys)
+            shape.slot_table[i, first:stop] = torch.arange(at * page_size, at * page_size + stop - first, device=self.device)
+            shape.pages_filled[i] = page + 1
         shape.positions_filled = [pos + 1 for pos in shape.positions_filled]
         n, n_rows = len(tokens), shape.x.shape[0]
         padded = torch.cat([tokens, tokens[:1].expand(n_rows - n)])  # padding rows repeat row 0, as in `logits`

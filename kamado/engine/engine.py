@@ -398,7 +398,7 @@ class Engine:
         with self._lock:
             unchanged = not self._waiting and [s for s, _ in flight.rows] == self._running
         if unchanged and not any(s.handle.cancelled.is_set() for s, _ in flight.rows):
-            logits = self._graphs.next_logits(flight.tokens)
+            logits = self._graphs.next_logits(flight.tokens, [s.pages for s, _ in flight.rows])
             if logits is not None:
                 following = self._send([(s, p + 1) for s, p in flight.rows], logits)
         self._accept_in_flight(flight)
@@ -462,6 +462,17 @@ class Engine:
                 seq.pages += self.cache.allocate(1)
             except CacheFullError as e:
                 self._finish(seq, "error", error=str(e))
+        elif self._graphs is not None and len(seq.tokens) + 1 > len(seq.pages) * self.cache.page_size:
+            self._page_ahead(seq)
+
+    def _page_ahead(self, seq: _Sequence) -> None:
+        """The page of the position after the next one, a step early where the cache has one free: the pipelined decode
+        launches that step before this step's token is accepted (DecodeGraphs.next_logits), and without the page it
+        falls back to a host-filled step (at every 16th position of any row: most steps of 8 rows at different lengths)."""
+        try:
+            seq.pages += self.cache.allocate(1)
+        except CacheFullError:
+            pass  # the step is then filled on the host, which allocates the page as before
 
     def _finish(self, seq: _Sequence, reason: str, flush: bool = True, error: str | None = None) -> None:
         text = ""

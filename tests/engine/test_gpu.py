@@ -29,6 +29,24 @@ def synthetic_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic")
 
 
+@pytest.fixture
+def rounds_like_the_gpu(monkeypatch):
+    """The CPU reference backend rounding activations where the GPU's products do: the CUDA GEMV of Q4_K/Q6_K layer
+    weights (decode, M <= q8k_gemv.MAX_M; not the output head) rounds them to Q8_K, as the default CPU backend and
+    llama.cpp's CPU backend round them (kamado/kernels/triton/q8k_gemv.py). Unrounded, the tiny random models' logprobs
+    differ by that rounding, up to ~0.03 (2026-12-03, H200), not by the kernels' arithmetic."""
+    from kamado.kernels.activations import round_q8_k
+    from kamado.kernels.linear import ReferenceLinear
+    from kamado.kernels.triton import q8k_gemv
+
+    def round_input(self, x):
+        head = self.tensor.name in ("output.weight", "token_embd.weight")
+        rounded = not head and x.shape[0] <= q8k_gemv.MAX_M and q8k_gemv.supports(self.tensor.qtype, self.in_features)
+        return round_q8_k(x) if rounded and q8k_gemv.available() else x
+
+    monkeypatch.setattr(ReferenceLinear, "round_input", round_input)
+
+
 def _model_file(directory, file_type: str):
     path = directory / f"tiny-{file_type}.gguf"
     if not path.exists():
@@ -111,7 +129,7 @@ def test_no_gpu_fallback_matches_cpu(synthetic_dir, monkeypatch, capsys):
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("file_type", ["Q4_K_S", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16"])
-def test_gpu_matches_cpu_reference(synthetic_dir, file_type):
+def test_gpu_matches_cpu_reference(synthetic_dir, file_type, rounds_like_the_gpu):
     path = _model_file(synthetic_dir, file_type)
     with GGUFReader(path) as reader:
         cpu = load_model(reader, "reference")
@@ -124,7 +142,7 @@ def test_gpu_matches_cpu_reference(synthetic_dir, file_type):
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("file_type", ["Q4_K_S", "Q8_0"])
-def test_hybrid_matches_full_gpu(synthetic_dir, file_type):
+def test_hybrid_matches_full_gpu(synthetic_dir, file_type, rounds_like_the_gpu):
     path = _model_file(synthetic_dir, file_type)
     with GGUFReader(path) as reader:
         hybrid = load_model(reader, "reference", n_gpu_layers=1)
@@ -201,10 +219,21 @@ def test_static_decode_forward_on_cpu(synthetic_dir):
             _assert_same(got, want)
 
 
-def _decode_pipelined(model, prompts, max_tokens, capture: bool, pipeline: bool):
-    """Every event of greedy requests decoded together through DecodeGraphs, with or without the in-flight pipeline."""
+def _decode_pipelined(model, prompts, max_tokens, capture: bool, pipeline: bool, fallbacks: list | None = None):
+    """Every event of greedy requests decoded together through DecodeGraphs, with or without the in-flight pipeline;
+    fallbacks: gets the key positions where the pipeline could not continue on the device (next_logits gave None)."""
     engine = Engine(model, n_ctx=128, n_seq_max=len(prompts))
-    engine._graphs = DecodeGraphs(model, engine.cache, capture=capture, pipeline=pipeline)
+    graphs = engine._graphs = DecodeGraphs(model, engine.cache, capture=capture, pipeline=pipeline)
+    next_logits = graphs.next_logits
+
+    def counted(tokens, pages):
+        positions = list(graphs.last.positions_filled)
+        logits = next_logits(tokens, pages)
+        if logits is None and fallbacks is not None:
+            fallbacks.append(max(positions) + 1)
+        return logits
+
+    graphs.next_logits = counted
     try:
         handles = [engine.submit(Request(p, SamplingParams(temperature=0.0, n_probs=3), max_tokens=n, ignore_eos=True))
                    for p, n in zip(prompts, max_tokens, strict=True)]
@@ -220,9 +249,12 @@ def _check_pipeline(model, capture: bool):
     prompts = [_prompt(s) for s in range(3)]
     max_tokens = [3, 20, 54]
     plain = _decode_pipelined(model, prompts, max_tokens, capture, pipeline=False)
-    pipelined = _decode_pipelined(model, prompts, max_tokens, capture, pipeline=True)
+    fallbacks = []
+    pipelined = _decode_pipelined(model, prompts, max_tokens, capture, pipeline=True, fallbacks=fallbacks)
     assert [len(e) for e in plain] == [n + 1 for n in max_tokens]
     assert pipelined == plain
+    # page edges no longer stop it (the engine allocates a page a step ahead): only the 64-key bucket edge does
+    assert fallbacks == [64], fallbacks
 
 
 def test_pipelined_decode_on_cpu(synthetic_dir):
