@@ -18,7 +18,6 @@ import triton.testing
 
 from kamado.gguf.constants import GGMLQuantizationType as Q
 from kamado.kernels.linear import QuantTensor
-from kamado.kernels.triton import int8_gemv
 from kamado.kernels.triton import linear as tl_linear
 from kamado.kernels.triton.layout import random_blocks
 from kamado.kernels.triton.linear import TritonLinear
@@ -32,8 +31,6 @@ SWEEP_GEMV = [((8, 512, 4), 0), ((8, 512, 4), 2048), ((16, 256, 4), 2048), ((4, 
 # Fused GEMM at decode batch sizes: linear.GEMM_MIN_PROGRAMS values and GEMM_CONFIG_SMALL/LARGE candidates.
 SWEEP_GEMM_MIN = [0, 256, 1024]
 SWEEP_GEMM_BATCHES = [2, 8, 16, 32, 64]
-# The int8 GEMV's configs (int8_gemv.CONFIG: BLOCK_N, BLOCK_K, num_warps), swept for the types it serves.
-SWEEP_INT8 = [(2, 1024, 2), (4, 1024, 4), (8, 1024, 4), (2, 2048, 4), (4, 512, 2), (1, 1024, 1)]
 
 
 def make_weight(qtype: Q, rows: int, cols: int, seed: int) -> TritonLinear:
@@ -113,10 +110,6 @@ def set_gemv(config) -> None:
     tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS = config
 
 
-def set_int8(config) -> None:
-    int8_gemv.CONFIG = config
-
-
 def sweep_gemm(emit, types: list[Q]) -> None:
     emit("fused GEMM at decode batches, µs: GEMM_MIN_PROGRAMS values, then dequantize + cuBLAS")
     emit("| type | shape | batch | " + " | ".join(f"min {v}" for v in SWEEP_GEMM_MIN) + " | deq+cuBLAS |")
@@ -139,7 +132,7 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(DEFAULT_TYPES))
     ap.add_argument("--shapes", default="all", help="'all' or indices into SHAPES, e.g. 0,3")
     ap.add_argument("--sweep", default="", help="comma-separated: gemv (SWEEP_GEMV configs), gemm (the fused GEMM's split at "
-                    "decode batches), int8 (int8_gemv.CONFIG, for the types KAMADO_INT8_GEMV turns on)")
+                    "decode batches)")
     ap.add_argument("--prefill-batch", type=int, default=512)
     ap.add_argument("--out", help="also write the tables to this markdown file")
     args = ap.parse_args()
@@ -158,17 +151,13 @@ def main() -> None:
     emit(f"measured ceilings: copy {copy_gbs:.0f} GB/s (read+write), bf16 matmul {bf16_tflops:.0f} TFLOP/s")
     emit()
     sweeps = set(args.sweep.split(",")) - {""}
-    int8 = [q for q in tl_linear.INT8_GEMV if int8_gemv.supports(q, 4096)]  # KAMADO_INT8_GEMV=0: float GEMV for all
     quantized = [q for q in types if q not in (Q.F16, Q.BF16)]
     if "gemv" in sweeps:
         sweep_batch1(emit, "GEMV ((BLOCK_N, BLOCK_K, num_warps), GEMV_MIN_PROGRAMS)", SWEEP_GEMV, set_gemv,
-                     (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS), [q for q in quantized if q not in (*int8, Q.Q4_K)],
+                     (tl_linear.GEMV_CONFIG, tl_linear.GEMV_MIN_PROGRAMS), [q for q in quantized if q not in (Q.Q4_K, Q.Q6_K)],
                      SWEEP_SHAPES, copy_gbs)
     if "gemm" in sweeps:
         sweep_gemm(emit, quantized)
-    if "int8" in sweeps:
-        sweep_batch1(emit, "int8_gemv.CONFIG (BLOCK_N, BLOCK_K, num_warps)", SWEEP_INT8, set_int8,
-                     int8_gemv.CONFIG, [q for q in quantized if q in int8], SWEEP_SHAPES[:3], copy_gbs)
     emit(f"decode: µs per matmul, GB/s of weight read, % of the {copy_gbs:.0f} GB/s roofline; "
          f"prefill at batch {args.prefill_batch}: TFLOP/s (fused Triton GEMM / dequantize + cuBLAS)")  # fmt: skip
     emit("| type | out x in | MB | b=1 µs | b=1 GB/s | b=1 roof | b=4 µs | b=16 µs | b=16 GB/s | b=64 fused µs | b=64 deq+cuBLAS µs "

@@ -4,7 +4,7 @@
 # (test_openmp.py is a CPU test of the 2-core CI machine: on the 16-core device one of its thread counts came out one
 # higher, 2026-12-03 session 7; not investigated there.)
 # Decode runs from CUDA graphs (kamado/engine/cuda_graph.py); BASELINE='VAR=value ...' adds a pp512 + tg128 run under those settings
-# (e.g. KAMADO_CUDA_GRAPHS=0: eager; KAMADO_INT8_GEMV=0: float GEMV),
+# (e.g. KAMADO_CUDA_GRAPHS=0: eager; KAMADO_CUDA_GEMV=0: the Triton GEMVs),
 # PROFILE=1 a torch.profiler table of graphed decode steps and a 512-token prefill (benchmarks/profile_gpu_decode.py),
 # TIMELINE='1 8' the host/GPU split of a graphed decode step for those row counts (benchmarks/gpu_step_timeline.py).
 set -u

@@ -6,7 +6,7 @@ time every field of the block (quant bits, high bits, scales, the fp16 super-sca
 own contiguous (rows, blocks_per_row * field_bytes) tensor. The planes hold exactly the file's bytes in the
 file's order, no more: a memory-bound decode kernel reads as many bytes as llama.cpp does, only aligned. The file's
 order is also what the integer dot-product GEMV wants: 4 consecutive bytes of a 4-bit quant field hold 4 consecutive
-values in their low nibbles (int8_gemv.py).
+values in their low nibbles (q8k_gemv.cu).
 The plane order below is the order the Triton kernels take them in (kamado/kernels/triton/kernels.py).
 """
 

@@ -1,8 +1,6 @@
 """TritonLinear: y = x @ W.T on a CUDA device with W kept in its GGUF block format (as planes, see layout.py).
 
 Paths, chosen per call by the number of activation rows M (thresholds measured on an H100, docs/GPU.md):
-  M <= 8            opt-in (KAMADO_INT8_GEMV): integer dot-product GEMV (int8_gemv.py: activations quantized to int8
-                    per 32, as llama.cpp's CUDA MMVQ) for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with a multiple of 256 columns
   M <= 8            Q4_K and Q6_K layer weights (not the output projection): the CUDA GEMV of q8k_gemv.py, activations
                     rounded to Q8_K as the CPU path rounds them, integer dot products (KAMADO_CUDA_GEMV=0: off)
   M == 1            otherwise: fused dequantize-GEMV (float32 activations, one pass over the weight bytes); Q4_K and
@@ -22,19 +20,12 @@ import triton
 
 from kamado.gguf.constants import GGMLQuantizationType
 from kamado.kernels.linear import FLOAT_TYPES, KernelError, QuantTensor
-from kamado.kernels.triton import int8_gemv, kernels, q8k_gemv
+from kamado.kernels.triton import kernels, q8k_gemv
 from kamado.kernels.triton.layout import GROUP_SIZE, PLANES, split_planes
 from kamado.quants.iq4 import KVALUES
 
 GEMM_MAX_M = 16  # above: dequantize + cuBLAS, as fast or faster from 32 rows on (H200 sweep, docs/GPU.md session 4)
-# Types that take the int8 GEMV (M <= 8): KAMADO_INT8_GEMV=0 (none, the default), 1 (every type it supports) or a
-# comma-separated list of type names. Off by default: measured on an H200 (docs/GPU.md, 2026-12-03) it gained only ~6%
-# of tg128, and its int8 activation rounding moved the tiny models' logprobs 0.020-0.040 from the CPU path (tolerance 0.02).
-_INT8_SETTING = os.environ.get("KAMADO_INT8_GEMV", "0")
-if _INT8_SETTING in ("0", "1"):
-    INT8_GEMV = tuple(int8_gemv.WORD_PLANES) if _INT8_SETTING == "1" else ()
-else:
-    INT8_GEMV = tuple(GGMLQuantizationType[name.strip().upper()] for name in _INT8_SETTING.split(","))
+# KAMADO_CUDA_GEMV=0: Q4_K/Q6_K decode products through the Triton word GEMVs (float activations) instead of q8k_gemv.
 CUDA_GEMV = os.environ.get("KAMADO_CUDA_GEMV", "1") != "0"
 # (BLOCK_N, BLOCK_K, num_warps) for the GEMV; (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the fused GEMM.
 GEMV_CONFIG = (8, 512, 4)  # best or near-best for Q4_K, Q4_0, Q6_K, Q8_0 in the H100 sweep (docs/GPU.md)
@@ -139,7 +130,6 @@ class TritonLinear:
         if self.qtype in WORD_GEMVS:
             n_words = WORD_GEMVS[self.qtype][1]
             self.words = tuple(p.view(torch.int32) if i < n_words else p for i, p in enumerate(self.weight.planes))
-        self.int8_max_m = int8_gemv.MAX_M if self.qtype in INT8_GEMV and int8_gemv.supports(self.qtype, self.in_features) else 0
         self.q8k_max_m = q8k_gemv.MAX_M if (CUDA_GEMV and not logits and q8k_gemv.supports(self.qtype, self.in_features)
                                             and q8k_gemv.available(self.device.index or 0)) else 0  # fmt: skip
 
@@ -162,8 +152,6 @@ class TritonLinear:
             return x.new_zeros((0, self.out_features), dtype=torch.float32)
         if m <= self.q8k_max_m:
             return q8k_gemv.gemv(x, self.weight.planes, self.qtype, self.out_features)
-        if m <= self.int8_max_m:
-            return int8_gemv.gemv(x, self.weight.planes, self.qtype, self.out_features)
         if m == 1:
             return self.gemv(x)
         if m <= GEMM_MAX_M:
