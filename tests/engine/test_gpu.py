@@ -129,8 +129,8 @@ def test_no_gpu_fallback_matches_cpu(synthetic_dir, monkeypatch, capsys):
 # The CUDA GEMV rounds Q4_K/Q6_K activations to Q8_K (as kamado's CPU backend and llama.cpp do); on the tiny random
 # models a rounding step flips where GPU and CPU inputs differ in their last bits: Q4_K_S gave 0.0216 at step 1 on the
 # H200 (2026-12-03, session 7), over the 0.02 of issue 9, even against this reference rounded the same way. On the
-# CPU, 1e-4 relative noise before the rounding moves these models' logprobs by 0.045-0.076, and the CPU backend itself
-# is 0.056-0.118 from the reference (docs/GPU.md, session 7). Q6_K did not run (the suite stopped at this failure).
+# CPU, 1e-4 relative noise before the rounding moves these models' logprobs by 0.042-0.079, and the CPU backend itself
+# is 0.056-0.118 from the reference (benchmarks/rounding_sensitivity.py, docs/GPU.md session 7). Q6_K did not run (the suite stopped at this failure).
 ROUNDING_FLIPS = pytest.mark.xfail(strict=True, reason="Q8_K activation rounding of the CUDA GEMV flips on the tiny "
                                    "random model: 0.0216 > 0.02 (docs/GPU.md, session 7)")  # fmt: skip
 
