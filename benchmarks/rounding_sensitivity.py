@@ -2,7 +2,8 @@
 session 7): per file type and prompt, the largest top-5 logprob difference over greedy steps (until the tokens part) of
   - kamado's CPU backend (int4/int8 weights, activations rounded as llama.cpp rounds them),
   - the reference backend rounding Q4_K/Q6_K layer products' activations to Q8_K at decode (what the CUDA GEMV does),
-  - the same with 1e-4 relative noise in x before the rounding, against it without (rounding steps that flip).
+  - the same with 1e-4 relative noise in x before the rounding, against it without (rounding steps that flip),
+  - the reference multiplying q8k_gemv.rounded(x) with two planes (the Q8_K quants and their remainder: ~15 bits).
 CPU only: PYTHONPATH=$PWD python3 benchmarks/rounding_sensitivity.py
 """
 
@@ -20,6 +21,7 @@ import tests.engine.test_gpu as gpu_tests  # noqa: E402  (its model files, promp
 from kamado.gguf import GGUFReader  # noqa: E402
 from kamado.kernels.activations import round_q8_k  # noqa: E402
 from kamado.kernels.linear import ReferenceLinear  # noqa: E402
+from kamado.kernels.triton import q8k_gemv  # noqa: E402
 from kamado.models import load_model  # noqa: E402
 
 NOISE = 1e-4
@@ -34,11 +36,11 @@ def max_diff(got, want) -> float:
     return worst
 
 
-def rounding(noise: float):
+def rounding(noise: float, rounded=round_q8_k):
     def round_input(self, x):
         if self.tensor.name in ("output.weight", "token_embd.weight") or x.shape[0] > 8:
             return x
-        return round_q8_k(x * (1 + noise * torch.randn_like(x)) if noise else x)
+        return rounded(x * (1 + noise * torch.randn_like(x)) if noise else x)
 
     return round_input
 
@@ -46,8 +48,9 @@ def rounding(noise: float):
 def main() -> None:
     directory = Path(tempfile.mkdtemp())
     plain = ReferenceLinear.round_input
-    print("| file type | prompt | CPU backend vs reference | Q8_K-rounded vs reference | rounded with noise vs rounded |")
-    print("|---|---|---|---|---|")
+    print("| file type | prompt | CPU backend vs reference | Q8_K-rounded vs reference | rounded with noise vs rounded | "
+          "two planes vs reference |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for file_type in ("Q4_K_S", "Q6_K"):
         with GGUFReader(gpu_tests._model_file(directory, file_type)) as reader:
             reference, cpu = load_model(reader, "reference"), load_model(reader, "cpu")
@@ -59,9 +62,12 @@ def main() -> None:
                 torch.manual_seed(seed)
                 ReferenceLinear.round_input = rounding(NOISE)
                 noisy = gpu_tests._run(reference, prompt)
+                q8k_gemv.PLANES = 2
+                ReferenceLinear.round_input = rounding(0.0, q8k_gemv.rounded)
+                two_planes = gpu_tests._run(reference, prompt)
                 ReferenceLinear.round_input = plain
                 print(f"| {file_type} | {seed} | {max_diff(fast, base):.4f} | {max_diff(rounded, base):.4f} | "
-                      f"{max_diff(noisy, rounded):.4f} |", flush=True)  # fmt: skip
+                      f"{max_diff(noisy, rounded):.4f} | {max_diff(two_planes, base):.4f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

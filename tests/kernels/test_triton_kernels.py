@@ -10,8 +10,7 @@ import torch
 from kamado.gguf.constants import GGML_BLOCK_SIZES
 from kamado.gguf.constants import GGMLQuantizationType as Q
 from kamado.kernels import KernelError, QuantTensor
-from kamado.kernels.activations import round_q8_k
-from kamado.kernels.triton import available, make_linear
+from kamado.kernels.triton import available, make_linear, q8k_gemv
 from kamado.kernels.triton.layout import PLANES, join_planes, random_blocks, split_planes
 from kamado.quants import dequantize_torch, quantize
 
@@ -58,8 +57,8 @@ def _check_all_paths(qtype, raw, rows, cols):
         x = torch.randn(m, cols, device="cuda")
         y = lin(x)
         assert y.shape == (m, rows) and y.dtype == torch.float32
-        if m <= lin.q8k_max_m:  # the CUDA GEMV: exact against the Q8_K rounding of x
-            x, tol = round_q8_k(x), 1e-5
+        if m <= lin.q8k_max_m:  # the CUDA GEMV: exact against the x its planes stand for
+            x, tol = q8k_gemv.rounded(x), 1e-5
         assert _rel_err(y, x.double() @ w.T) < tol, f"M={m}"
 
 

@@ -186,9 +186,10 @@ def test_word_gemv_matches_the_twin(qtype, rows, cols, source, entry, monkeypatc
                                                 (9, 14336, "quantized")])
 def test_cuda_gemv_is_exact_on_q8k_rounded_activations(qtype, rows, cols, source):
     """The CUDA GEMV (q8k_gemv.cu) rounds x to Q8_K exactly as kamado.kernels.activations does (the CPU path's and
-    ggml-cpu's rounding), and its integer block sums make the product the float64 product of that x, to float32
-    rounding: odd row counts (a warp's rows past the end), 3, 10, 16 and 56 blocks (steps past a row's end), random bit
-    patterns and kamado-quantized weights, an outlier and a zero block."""
+    ggml-cpu's rounding), with two planes adds the rounding's remainder (q8k_gemv.rounded is the x both stand for), and
+    its integer block sums make the product the float64 product of that x, to float32 rounding: odd row counts (a
+    warp's rows past the end), 3, 10, 16 and 56 blocks (steps past a row's end), random bit patterns and
+    kamado-quantized weights, an outlier and a zero block."""
     from kamado.gguf.constants import GGMLQuantizationType as Q
     from kamado.kernels.activations import quantize_q8_k, round_q8_k
     from kamado.kernels.triton import q8k_gemv
@@ -203,18 +204,24 @@ def test_cuda_gemv_is_exact_on_q8k_rounded_activations(qtype, rows, cols, source
         raw = random_blocks(qtype, rows, cols, seed=rows)
     else:
         raw = torch.from_numpy(quantize((torch.randn(rows, cols, generator=gen) * 0.02).numpy(), qtype))
-    m = q8k_gemv.MAX_M
+    m = max(2, q8k_gemv.MAX_M)
     x = torch.randn(m, cols, generator=gen)
     x[0, 5] = 30.0  # an outlier sets its block's scale
     x[1, 256:512] = 0.0  # a zero block: d = 0
     xq, xd, xs = (t.cpu() for t in q8k_gemv.quantize_q8k(x.cuda()))
     q, d = quantize_q8_k(x)  # ggml's signs: q and d both negated where the block's peak is positive
-    assert torch.equal(xq.abs().float(), q.abs().reshape(m, cols))
-    assert torch.equal((xq.float().reshape(m, -1, 256) * xd[:, :, None]), q * d[..., None])
-    assert torch.equal(xs, xq.int().reshape(m, -1, 16).sum(-1))
+    assert torch.equal(xq[:m].abs().float(), q.abs().reshape(m, cols))
+    assert torch.equal((xq[:m].float().reshape(m, -1, 256) * xd[:m, :, None]), q * d[..., None])
+    assert torch.equal(xs, xq.int().reshape(len(xq), -1, 16).sum(-1))
+    planes_x = (xq.double().reshape(len(xq), -1, 256) * xd.double()[:, :, None]).reshape(len(xq), cols)
+    assert _rel_err(planes_x.reshape(q8k_gemv.PLANES, m, cols).sum(0), q8k_gemv.rounded(x)) < 1e-6
+    assert _rel_err(q8k_gemv.rounded(x), x) < (3e-2 if q8k_gemv.PLANES == 1 else 3e-4)
+    if q8k_gemv.PLANES == 1:
+        assert torch.equal(q8k_gemv.rounded(x), round_q8_k(x))
     planes = split_planes(raw.cuda(), qtype, cols).planes
+    x, m = x[: q8k_gemv.MAX_M], q8k_gemv.MAX_M
     y = q8k_gemv.gemv(x.cuda(), planes, qtype, rows)
     assert y.shape == (m, rows) and y.dtype == torch.float32
-    assert _rel_err(y, round_q8_k(x).double() @ dequantize_torch(raw, qtype).double().T) < 1e-6
+    assert _rel_err(y, q8k_gemv.rounded(x).double() @ dequantize_torch(raw, qtype).double().T) < 1e-6
     for i in (0, 1, m - 1):  # a row's result does not depend on the rows beside it
         assert torch.equal(y[i : i + 1], q8k_gemv.gemv(x[i : i + 1].cuda(), planes, qtype, rows))

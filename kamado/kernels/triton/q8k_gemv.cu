@@ -13,7 +13,11 @@
 // The loads of U such steps (all rows) are issued before any of them is used: enough bytes in flight per warp to
 // cover the memory latency, which the Triton GEMVs could not (docs/GPU.md, session 7).
 //
-// Defines: NB (blocks of 256 per row), ROWS, U, MX, WARPS.
+// Defines: NB (blocks of 256 per row), ROWS, U, MX, WARPS, PLANES.
+//
+// PLANES = 2: x is carried as two int8 planes, the Q8_K quants q and the rounding's remainder r = round((x s - q) 254),
+// as 2 M activation rows: row m + M is row m's remainder, its block scale d / 254 (quantize_q8k). The GEMV sums both
+// (store_rows): about 15 bits of x instead of 8, so the product is as close to the unrounded one as a float GEMV's.
 
 typedef unsigned int u32;
 
@@ -39,14 +43,15 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 constexpr int STEPS = (NB + 3) / 4;  // warp-wide steps of 4 blocks along a row
 
-// y[m, n] for the warp's rows; acc[r][m] summed over the warp, lane 0 stores.
+// y[m, n] for the warp's rows; acc[r][m] (and, with two planes, its remainder row's acc[r][m + MX / 2]) summed over
+// the warp, lane 0 stores.
 __device__ __forceinline__ void store_rows(float (&acc)[ROWS][MX], float* y, int row0, int n) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
-        for (int m = 0; m < MX; ++m) {
-            float v = warp_sum(acc[r][m]);
+        for (int m = 0; m < MX / PLANES; ++m) {
+            float v = warp_sum(PLANES == 2 ? acc[r][m] + acc[r][m + MX / 2] : acc[r][m]);
             if (lane == 0 && row0 + r < n) y[(long)m * n + row0 + r] = v;
         }
     }
@@ -177,8 +182,9 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) q6k_q8k_gemv(
     store_rows(acc, y, row0, n);
 }
 
-// Q8_K rounding of MX activation rows (kamado.kernels.activations.round_q8_k): a warp per 256-block, 8 values a lane.
-// s = 127 / max|x|, q = round-half-even(x s), d = 1 / s (a zero block: q = 0, d = 0); xs = the sum of each 16 q.
+// Q8_K rounding of gridDim.y activation rows (kamado.kernels.activations.round_q8_k): a warp per 256-block, 8 values a
+// lane. s = 127 / max|x|, q = round-half-even(x s), d = 1 / s (a zero block: q = 0, d = 0); xs = the sum of each 16 q.
+// PLANES = 2: also the remainder plane, rows gridDim.y.., r = round-half-even((x s - q) 254) (x s - q is exact), d / 254.
 extern "C" __global__ void __launch_bounds__(128) quantize_q8k(const float* __restrict__ x, int stride_x,
                                                              signed char* __restrict__ xq, float* __restrict__ xd,
                                                              int* __restrict__ xs) {
@@ -195,18 +201,24 @@ extern "C" __global__ void __launch_bounds__(128) quantize_q8k(const float* __re
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     const float s = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int sum = 0;
-    u32 packed[2] = {0, 0};
+    const float d = amax > 0.0f ? 1.0f / s : 0.0f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int q = __float2int_rn(v[i] * s);
-        sum += q;
-        packed[i / 4] |= (u32)(q & 0xFF) << (8 * (i % 4));
+    for (int plane = 0; plane < PLANES; ++plane) {
+        int sum = 0;
+        u32 packed[2] = {0, 0};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float scaled = v[i] * s;
+            const int q = plane == 0 ? __float2int_rn(scaled) : __float2int_rn((scaled - rintf(scaled)) * 254.0f);
+            sum += q;
+            packed[i / 4] |= (u32)(q & 0xFF) << (8 * (i % 4));
+        }
+        const int row = m + plane * gridDim.y;
+        u32* dst = reinterpret_cast<u32*>(xq + (long)row * NB * 256 + b * 256 + lane * 8);
+        dst[0] = packed[0];
+        dst[1] = packed[1];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);  // lanes 2j, 2j + 1 hold one 16-value group
+        if ((lane & 1) == 0) xs[(long)row * NB * 16 + b * 16 + lane / 2] = sum;
+        if (lane == 0) xd[(long)row * NB + b] = plane == 0 ? d : d / 254.0f;
     }
-    u32* dst = reinterpret_cast<u32*>(xq + (long)m * NB * 256 + b * 256 + lane * 8);
-    dst[0] = packed[0];
-    dst[1] = packed[1];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);  // lanes 2j, 2j + 1 hold one 16-value group
-    if ((lane & 1) == 0) xs[(long)m * NB * 16 + b * 16 + lane / 2] = sum;
-    if (lane == 0) xd[(long)m * NB + b] = amax > 0.0f ? 1.0f / s : 0.0f;
 }

@@ -12,12 +12,14 @@ so the GPU's layer products now round as the CPU's do. NVRTC ships with torch's 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
 from kamado.gguf.constants import GGMLQuantizationType as Q
+from kamado.kernels.activations import round_q8_k
 
 SOURCE = Path(__file__).with_name("q8k_gemv.cu")
 KERNELS = {Q.Q4_K: "q4k_q8k_gemv", Q.Q6_K: "q6k_q8k_gemv"}
@@ -27,8 +29,13 @@ KERNELS = {Q.Q4_K: "q4k_q8k_gemv", Q.Q6_K: "q6k_q8k_gemv"}
 # GEMV); 8 rows: (4, 4, 2) 31.0 µs there against 49.6 with (1, 4, 4) (each x row loaded is used for 4 weight rows).
 CONFIG = (1, 4, 4)
 BATCH_CONFIG = (4, 4, 2)
-# Up to 8 activation rows (batched decode): each row's result is the same bits as alone (same order of sums per row).
-MAX_M = 8
+# x as 1 plane (Q8_K quants: the CPU backend's rounding) or 2 (quants and their rounding remainder, ~15 bits: as close
+# to the unrounded product as a float GEMV; docs/GPU.md session 7: the 1-plane rounding flips steps on the tiny random
+# models past issue 9's 0.02). KAMADO_Q8K_PLANES chooses; each plane is one more activation row for the kernel.
+PLANES = int(os.environ.get("KAMADO_Q8K_PLANES", "2"))
+# Up to 8 activation rows of the kernel (batched decode), x's planes included: each row's result is the same bits as
+# alone (same order of sums per row).
+MAX_M = 8 // PLANES
 
 
 def supports(qtype: Q, cols: int) -> bool:
@@ -38,7 +45,7 @@ def supports(qtype: Q, cols: int) -> bool:
 @functools.cache
 def _compiled(name: str, nb: int, mx: int, config: tuple[int, int, int], device: int):
     rows, steps, warps = config
-    defines = [f"-DNB={nb}", f"-DMX={mx}", f"-DROWS={rows}", f"-DU={steps}", f"-DWARPS={warps}"]
+    defines = [f"-DNB={nb}", f"-DMX={mx}", f"-DROWS={rows}", f"-DU={steps}", f"-DWARPS={warps}", f"-DPLANES={PLANES}"]
     with torch.cuda.device(device):
         return torch.cuda._compile_kernel(SOURCE.read_text(), name, nvcc_options=["-std=c++17", *defines])
 
@@ -57,27 +64,40 @@ def available(device: int = 0) -> bool:
 
 
 def quantize_q8k(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (M, K) float32 on the GPU, K a multiple of 256 -> int8 quants (M, K), scales d (M, K / 256), the sum of each 16
-    quants (M, K / 16) int32: kamado.kernels.activations.quantize_q8_k's values (its q times the sign ggml gives them)."""
+    """x (M, K) float32 on the GPU, K a multiple of 256 -> int8 quants (PLANES M, K), scales d (PLANES M, K / 256), the
+    sum of each 16 quants (PLANES M, K / 16) int32. Rows :M are kamado.kernels.activations.quantize_q8_k's values (its q
+    times the sign ggml gives them); with 2 planes rows M: are the remainders (`rounded` says what they stand for)."""
     m, k = x.shape
     nb = k // 256
-    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
-    xd = torch.empty(m, nb, dtype=torch.float32, device=x.device)
-    xs = torch.empty(m, k // 16, dtype=torch.int32, device=x.device)
+    xq = torch.empty(PLANES * m, k, dtype=torch.int8, device=x.device)
+    xd = torch.empty(PLANES * m, nb, dtype=torch.float32, device=x.device)
+    xs = torch.empty(PLANES * m, k // 16, dtype=torch.int32, device=x.device)
     kernel = _compiled("quantize_q8k", nb, 1, CONFIG, x.device.index)
     kernel(grid=((nb + 3) // 4, m, 1), block=(128, 1, 1), args=[x, x.stride(0), xq, xd, xs])
     return xq, xd, xs
 
 
 def gemv(x: torch.Tensor, planes: tuple[torch.Tensor, ...], qtype: Q, n: int, config: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """y (M, n) = round_q8_k(x) @ W.T for x (M, K), M <= MAX_M, and W in qtype's planes (layout.PLANES, contiguous),
-    `supports`; config: CONFIG for one row, BATCH_CONFIG for more, unless given."""
+    """y (M, n) = rounded(x) @ W.T for x (M, K), M <= MAX_M, and W in qtype's planes (layout.PLANES, contiguous),
+    `supports`; config: CONFIG for one kernel row (x of one row, one plane), BATCH_CONFIG for more, unless given."""
     x = x.float().contiguous()
     m, k = x.shape
-    config = config or (CONFIG if m == 1 else BATCH_CONFIG)
+    config = config or (CONFIG if PLANES * m == 1 else BATCH_CONFIG)
     xq, xd, xs = quantize_q8k(x)
     y = torch.empty(m, n, dtype=torch.float32, device=x.device)
     rows, _, warps = config
-    kernel = _compiled(KERNELS[qtype], k // 256, m, config, x.device.index)
+    kernel = _compiled(KERNELS[qtype], k // 256, PLANES * m, config, x.device.index)
     kernel(grid=((n + rows * warps - 1) // (rows * warps), 1, 1), block=(32 * warps, 1, 1), args=[*planes, xq, xd, xs, y, n])
     return y
+
+
+def rounded(x: torch.Tensor) -> torch.Tensor:
+    """The float x (M, K) the GEMV multiplies for x (a torch twin, any device): round_q8_k(x) with one plane; with two,
+    (q + r / 254) / s for q = round(x s), r = round((x s - q) 254)."""
+    if PLANES == 1:
+        return round_q8_k(x)
+    blocks = x.float().reshape(*x.shape[:-1], x.shape[-1] // 256, 256)
+    s = torch.div(torch.tensor(127.0), torch.amax(blocks.abs(), dim=-1, keepdim=True).clamp_min(1e-30))  # IEEE 127 / amax
+    scaled = blocks * s
+    q = scaled.round()
+    return (q / s + (scaled - q).mul(254.0).round() / s / 254.0).reshape(x.shape)
