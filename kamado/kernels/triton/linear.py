@@ -1,8 +1,8 @@
 """TritonLinear: y = x @ W.T on a CUDA device with W kept in its GGUF block format (as planes, see layout.py).
 
 Paths, chosen per call by the number of activation rows M (thresholds measured on an H100, docs/GPU.md):
-  M <= 8            Q4_K and Q6_K layer weights (not the output projection): the CUDA GEMV of q8k_gemv.py, activations
-                    rounded to Q8_K as the CPU path rounds them, integer dot products (KAMADO_CUDA_GEMV=0: off)
+  M <= 4            Q4_K and Q6_K layer weights (not the output projection): the CUDA GEMV of q8k_gemv.py, activations
+                    as two int8 planes, integer dot products (q8k_gemv.MAX_M rows; KAMADO_CUDA_GEMV=0: off)
   M == 1            otherwise: fused dequantize-GEMV (float32 activations, one pass over the weight bytes); Q4_K and
                     Q6_K have their own (kernels.q4k_gemv_kernel, q6k_gemv_kernel: int32 words, x reordered once per
                     call), the other types share kernels.gemv_kernel

@@ -2,9 +2,10 @@
 
 Why CUDA here: the Triton word GEMVs (kernels.q4k_gemv_kernel, q6k_gemv_kernel) stayed at 25-40% of the H200's memory
 roofline whatever their configs, latency-bound (docs/GPU.md, sessions 3-5); this kernel issues all its weight loads of
-several 4-block steps before using any, and takes integer dot products (4 products per dp4a) on activations rounded to
-Q8_K: the rounding llama.cpp's CPU backend and kamado's CPU path apply to these products (kamado.kernels.activations),
-so the GPU's layer products now round as the CPU's do. NVRTC ships with torch's CUDA wheels: no toolchain is needed.
+several 4-block steps before using any, and takes integer dot products (4 products per dp4a) on activations as int8:
+rounded to Q8_K (the rounding llama.cpp's CPU backend and kamado's CPU path apply to these products,
+kamado.kernels.activations), plus, with PLANES = 2 (the default), that rounding's remainder as a second int8 plane, so
+the product is within ~1e-4 of the unrounded one (see PLANES). NVRTC ships with torch's CUDA wheels: no toolchain needed.
 
 `available()` is False where torch cannot compile (no CUDA, no NVRTC); callers then keep the Triton kernels.
 """
